@@ -1,0 +1,175 @@
+//! The nft backend: one script that replaces `table inet egressc` atomically.
+//!
+//! The script declares the table, deletes it and defines it again; `nft -f` runs
+//! all of it as one transaction, so the old table stays until the new one is
+//! complete, and no other table (Docker's, the distribution's) is touched.
+//! Address lists are sets with concatenated keys (address . protocol . port), so
+//! one lookup decides a packet whatever the number of destinations.
+
+use minijinja::context;
+use minijinja::value::Serde;
+use serde::Serialize;
+
+use super::{BackendError, fit_comment, origins_comment, template};
+use crate::ir::{Action, ChainId, Family, Match, Rule, Ruleset, Set, SetKind};
+use crate::policy::model::DefaultAction;
+
+const TEMPLATE: &str = include_str!("../../templates/nft.j2");
+
+#[derive(Serialize)]
+struct SetView {
+    name: &'static str,
+    #[serde(rename = "type")]
+    key_type: &'static str,
+    interval: bool,
+    elements: Vec<ElementView>,
+}
+
+#[derive(Serialize)]
+struct ElementView {
+    key: String,
+    comment: String,
+}
+
+#[derive(Serialize)]
+struct ChainView {
+    name: String,
+    hook: bool,
+    policy: &'static str,
+    rules: Vec<RuleView>,
+}
+
+#[derive(Serialize)]
+struct RuleView {
+    /// Match expressions and the counter (and rate limit), built from typed IR values.
+    text: String,
+    log: bool,
+    /// Policy text (allowlisted); printed inside quotes by the template.
+    log_prefix: Option<String>,
+    log_group: Option<u16>,
+    verdict: &'static str,
+    comment: String,
+}
+
+/// Renders the nft script.
+pub fn render(ruleset: &Ruleset) -> Result<String, BackendError> {
+    let env = template::environment(&[("nft", TEMPLATE)]);
+    let sets: Vec<SetView> = ruleset.sets.iter().map(|s| set_view(ruleset, s)).collect();
+    let policy = match ruleset.default {
+        DefaultAction::Deny => "drop",
+        DefaultAction::Audit => "accept",
+    };
+    let chains = vec![
+        ChainView {
+            name: ChainId::Output.to_string(),
+            hook: true,
+            policy,
+            rules: ruleset
+                .output
+                .iter()
+                .map(|r| rule_view(ruleset, r))
+                .collect(),
+        },
+        ChainView {
+            name: ChainId::Deny.to_string(),
+            hook: false,
+            policy,
+            rules: ruleset.deny.iter().map(|r| rule_view(ruleset, r)).collect(),
+        },
+    ];
+    let out = env
+        .get_template("nft")
+        .and_then(|t| {
+            t.render(context! {
+                version => env!("CARGO_PKG_VERSION"),
+                name => ruleset.policy_name.as_deref().unwrap_or("unnamed"),
+                sha256 => &ruleset.policy_sha256,
+                resolved_at => &ruleset.resolved_at,
+                sets => Serde(&sets),
+                chains => Serde(&chains),
+            })
+        })
+        .map_err(|source| BackendError::Template {
+            format: "nft",
+            source,
+        })?;
+    Ok(out)
+}
+
+fn set_view(ruleset: &Ruleset, set: &Set) -> SetView {
+    let key_type = match set.family {
+        Family::V4 => "ipv4_addr . inet_proto . inet_service",
+        Family::V6 => "ipv6_addr . inet_proto . inet_service",
+    };
+    let interval = set.kind == SetKind::Networks;
+    let elements = set
+        .elements
+        .iter()
+        .map(|e| {
+            // Hash sets hold single addresses; interval sets take prefixes and ranges.
+            let addr = if interval {
+                e.net.to_string()
+            } else {
+                e.net.addr().to_string()
+            };
+            ElementView {
+                key: format!("{addr} . {} . {}", e.protocol, e.ports),
+                comment: origins_comment(ruleset, &e.origins),
+            }
+        })
+        .collect();
+    SetView {
+        name: set.name,
+        key_type,
+        interval,
+        elements,
+    }
+}
+
+fn rule_view(ruleset: &Ruleset, rule: &Rule) -> RuleView {
+    let mut text = match &rule.matches {
+        Match::EstablishedRelated => "ct state established,related ".to_string(),
+        Match::Loopback => "oif lo ".to_string(),
+        Match::Invalid => "ct state invalid ".to_string(),
+        Match::NeighbourDiscovery => {
+            "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } "
+                .to_string()
+        }
+        Match::InSet(id) => {
+            let set = ruleset.set(*id);
+            let daddr = match set.family {
+                Family::V4 => "ip daddr",
+                Family::V6 => "ip6 daddr",
+            };
+            format!("{daddr} . meta l4proto . th dport @{} ", set.name)
+        }
+        Match::DnsPorts(ports) => {
+            let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+            format!(
+                "meta l4proto {{ tcp, udp }} th dport {{ {} }} ",
+                ports.join(", ")
+            )
+        }
+        Match::Any => String::new(),
+    };
+    text.push_str("counter");
+    let (log, log_prefix, log_group, verdict) = match &rule.action {
+        Action::Accept => (false, None, None, "accept"),
+        Action::Drop => (false, None, None, "drop"),
+        Action::GotoDeny => (false, None, None, "goto deny"),
+        Action::Log(spec) => {
+            if let Some((count, unit)) = spec.rate {
+                text.push_str(&format!(" limit rate {count}/{}", unit.as_str()));
+            }
+            (true, spec.prefix.clone(), spec.group, "")
+        }
+    };
+    RuleView {
+        text,
+        log,
+        log_prefix,
+        log_group,
+        verdict,
+        comment: fit_comment(&rule.comment),
+    }
+}

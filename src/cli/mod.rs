@@ -1,0 +1,196 @@
+//! Command-line interface: clap definitions, one file per subcommand, and the
+//! mapping from errors to exit codes. `anyhow` is used here and nowhere else.
+//!
+//! Exit codes (also in README.md): 0 success (explain: allowed); 1 invalid policy
+//! (explain: denied); 2 operational failure (DNS, I/O, lock file, rendering).
+
+mod check;
+mod explain;
+mod lock;
+mod render;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use egressc::backend::Format;
+use egressc::ir::{self, Ruleset};
+use egressc::policy::{self, Loaded, PolicyError, TargetFormat};
+use egressc::resolve::dns::{self, ResolveOptions, Transport};
+use egressc::resolve::{Resolution, lock as lockfile};
+
+#[derive(Parser)]
+#[command(
+    name = "egressc",
+    version,
+    about = "Compile a default-deny egress policy into nftables or iptables rules"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a policy; no network. Exit 0 valid, 1 invalid.
+    Check(check::Args),
+    /// Resolve and compile a policy; print the rules.
+    Render(render::Args),
+    /// Resolve the policy's hosts now and write the lock file beside it.
+    Lock(lock::Args),
+    /// Say whether the policy allows a destination, and which entry decides.
+    Explain(explain::Args),
+}
+
+/// Output format names on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum FormatArg {
+    /// nft script for `nft -f` (IPv4 and IPv6 in one table)
+    #[default]
+    Nft,
+    /// iptables-restore text (IPv4)
+    Iptables,
+    /// ip6tables-restore text (IPv6)
+    Ip6tables,
+}
+
+impl FormatArg {
+    fn format(self) -> Format {
+        match self {
+            FormatArg::Nft => Format::Nft,
+            FormatArg::Iptables => Format::Iptables,
+            FormatArg::Ip6tables => Format::Ip6tables,
+        }
+    }
+
+    fn target(self) -> TargetFormat {
+        match self {
+            FormatArg::Nft => TargetFormat::Nft,
+            FormatArg::Iptables | FormatArg::Ip6tables => TargetFormat::Iptables,
+        }
+    }
+}
+
+/// Where addresses come from, shared by render and explain.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SourceArgs {
+    /// Use the lock file instead of DNS; make no DNS query at all.
+    #[arg(long)]
+    locked: bool,
+    /// The lock file (default: the policy path with `.lock` appended).
+    #[arg(long, value_name = "PATH")]
+    lock_file: Option<PathBuf>,
+    /// Ask the pinned resolvers over TCP only.
+    #[arg(long)]
+    dns_tcp: bool,
+}
+
+/// A failure with its exit code.
+pub struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+pub const EXIT_INVALID: u8 = 1;
+pub const EXIT_OPERATIONAL: u8 = 2;
+
+impl Failure {
+    pub fn operational(error: impl Into<anyhow::Error>) -> Self {
+        Failure {
+            code: EXIT_OPERATIONAL,
+            error: error.into(),
+        }
+    }
+}
+
+impl From<PolicyError> for Failure {
+    fn from(e: PolicyError) -> Self {
+        let code = match e {
+            PolicyError::Invalid { .. } => EXIT_INVALID,
+            PolicyError::Io { .. } => EXIT_OPERATIONAL,
+        };
+        Failure {
+            code,
+            error: e.into(),
+        }
+    }
+}
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(args) => check::run(args),
+        Command::Render(args) => render::run(args),
+        Command::Lock(args) => lock::run(args),
+        Command::Explain(args) => explain::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(Failure { code, error }) => {
+            eprintln!("egressc: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Loads and validates a policy, printing its warnings to stderr.
+pub fn load_policy(path: &Path, format: TargetFormat) -> Result<Loaded, Failure> {
+    let loaded = policy::load(path, format)?;
+    eprint!("{}", loaded.render_warnings());
+    Ok(loaded)
+}
+
+/// Gets the addresses: from the lock file, or through the pinned resolvers.
+pub fn resolution(
+    path: &Path,
+    loaded: &Loaded,
+    source: &SourceArgs,
+) -> Result<Resolution, Failure> {
+    if source.locked {
+        let lock = source
+            .lock_file
+            .clone()
+            .unwrap_or_else(|| lockfile::lock_path(path));
+        return lockfile::read(&lock, path, &loaded.policy).map_err(Failure::operational);
+    }
+    let options = ResolveOptions {
+        transport: if source.dns_tcp {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        },
+        ..ResolveOptions::default()
+    };
+    let resolved = dns::resolve(&loaded.policy, &options).map_err(Failure::operational)?;
+    for skipped in &resolved.skipped {
+        eprintln!(
+            "{}: warning[optional-host-skipped]: optional host {} did not resolve ({}); its entry is left out",
+            loaded.file, skipped.host, skipped.reason
+        );
+    }
+    Ok(resolved.resolution)
+}
+
+/// The whole pipeline up to the IR.
+pub fn compile(path: &Path, format: TargetFormat, source: &SourceArgs) -> Result<Ruleset, Failure> {
+    let loaded = load_policy(path, format)?;
+    let resolution = resolution(path, &loaded, source)?;
+    ir::lower::lower(&loaded.policy, &resolution).map_err(Failure::operational)
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, then rename), so a reader
+/// never sees half a ruleset.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".egressc-tmp");
+    let tmp = PathBuf::from(tmp);
+    let result = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Failure::operational(anyhow::anyhow!("cannot write {}: {e}", path.display()))
+    })
+}

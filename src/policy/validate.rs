@@ -1,0 +1,768 @@
+//! The validator: turns a `RawPolicy` into a typed `Policy`, or reports every
+//! problem it finds at once.
+//!
+//! It never touches the network. Each check pushes a diagnostic and carries on, so
+//! a user fixing a policy sees the whole list in one run, like a compiler.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde_saphyr::Spanned;
+
+use super::diag::{Diagnostic, Pos};
+use super::model::{
+    AllowEntry, DefaultAction, Dns, HostName, Log, Policy, PortRange, Protocol, Rate, RateUnit,
+    Target, normalize_ports,
+};
+use super::raw::{RawDns, RawEntry, RawLog, RawPolicy, RawPort};
+use crate::text::{describe_char, first_unsafe_quoted};
+
+/// The output format a policy is checked for: limits differ between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TargetFormat {
+    #[default]
+    Nft,
+    Iptables,
+}
+
+/// nft's limit for `log prefix`.
+pub const NFT_LOG_PREFIX_MAX: usize = 127;
+/// iptables' limit for `--log-prefix` (the LOG target).
+pub const IPTABLES_LOG_PREFIX_MAX: usize = 29;
+/// iptables' limit for `--nflog-prefix` (the NFLOG target).
+pub const IPTABLES_NFLOG_PREFIX_MAX: usize = 63;
+const NAME_MAX: usize = 63;
+
+/// A policy that passed validation, with the warnings found on the way.
+#[derive(Debug)]
+pub struct Validated {
+    pub policy: Policy,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Validates a parsed policy. `source_hash` identifies the file's bytes.
+pub fn validate(
+    raw: RawPolicy,
+    source_hash: String,
+    format: TargetFormat,
+) -> Result<Validated, Vec<Diagnostic>> {
+    let mut v = Validator { diags: Vec::new() };
+    let policy = v.policy(raw, source_hash, format);
+    let (errors, warnings): (Vec<_>, Vec<_>) = v.diags.into_iter().partition(|d| d.is_error());
+    match policy {
+        Some(policy) if errors.is_empty() => Ok(Validated { policy, warnings }),
+        _ => {
+            // Warnings are shown with the errors: they may explain them.
+            let mut all = errors;
+            all.extend(warnings);
+            Err(all)
+        }
+    }
+}
+
+struct Validator {
+    diags: Vec<Diagnostic>,
+}
+
+fn pos<T>(s: &Spanned<T>) -> Pos {
+    Pos::of(&s.referenced)
+}
+
+impl Validator {
+    fn error(&mut self, code: &'static str, at: Pos, msg: impl Into<String>, help: &str) {
+        self.diags
+            .push(Diagnostic::error(code, at, msg).with_help(help.to_string()));
+    }
+
+    fn warn(&mut self, code: &'static str, at: Pos, msg: impl Into<String>, help: &str) {
+        self.diags
+            .push(Diagnostic::warning(code, at, msg).with_help(help.to_string()));
+    }
+
+    fn policy(
+        &mut self,
+        raw: RawPolicy,
+        source_hash: String,
+        format: TargetFormat,
+    ) -> Option<Policy> {
+        if raw.is_empty() {
+            self.error(
+                "empty-policy",
+                Pos::START,
+                "the policy file is empty",
+                "start with `version: 1`, `dns:` and an `allow:` list; see examples/",
+            );
+            return None;
+        }
+        self.version(raw.version.as_ref());
+        let name = raw.name.as_ref().and_then(|n| self.name(n));
+        let (default, default_pos) = self.default_action(raw.default.as_ref());
+        let allow = match &raw.allow {
+            Some(list) => list
+                .value
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| self.entry(i, e))
+                .collect(),
+            None => Vec::new(),
+        };
+        let needs_dns = allow.iter().any(|e| matches!(e.target, Target::Host(_)));
+        let dns = self.dns(raw.dns.as_ref(), needs_dns);
+        let log = match &raw.log {
+            Some(log) => self.log(log, format),
+            None => Log::default(),
+        };
+        Some(Policy {
+            name,
+            default,
+            default_pos,
+            dns,
+            log,
+            allow,
+            source_hash,
+        })
+    }
+
+    fn version(&mut self, version: Option<&Spanned<i64>>) {
+        match version {
+            None => self.error(
+                "missing-version",
+                Pos::START,
+                "the policy has no `version`",
+                "add `version: 1` as the first line",
+            ),
+            Some(v) if v.value != 1 => self.error(
+                "unknown-version",
+                pos(v),
+                format!("policy version {} is not known", v.value),
+                "this egressc understands `version: 1`",
+            ),
+            Some(_) => {}
+        }
+    }
+
+    fn name(&mut self, name: &Spanned<String>) -> Option<String> {
+        let n = &name.value;
+        let bad = n
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'));
+        if let Some(c) = bad {
+            self.error(
+                "invalid-name",
+                pos(name),
+                format!("the policy name contains {}", describe_char(c)),
+                "a name may use lowercase letters, digits and `-` only",
+            );
+            return None;
+        }
+        if n.is_empty() || n.len() > NAME_MAX {
+            self.error(
+                "invalid-name",
+                pos(name),
+                format!("the policy name must be 1 to {NAME_MAX} characters long"),
+                "a name may use lowercase letters, digits and `-` only",
+            );
+            return None;
+        }
+        Some(n.clone())
+    }
+
+    fn default_action(&mut self, default: Option<&Spanned<String>>) -> (DefaultAction, Pos) {
+        let Some(d) = default else {
+            // Fail closed: no `default` means deny.
+            return (DefaultAction::Deny, Pos::START);
+        };
+        let action = match d.value.as_str() {
+            "deny" => DefaultAction::Deny,
+            "audit" => DefaultAction::Audit,
+            other => {
+                self.error(
+                    "invalid-default",
+                    pos(d),
+                    format!("`default: {}` is not known", printable(other)),
+                    "use `deny` (drop what is not allowed) or `audit` (accept all, log what deny would drop)",
+                );
+                DefaultAction::Deny
+            }
+        };
+        (action, pos(d))
+    }
+
+    fn dns(&mut self, dns: Option<&Spanned<RawDns>>, needs_dns: bool) -> Dns {
+        let at = dns.map(pos).unwrap_or(Pos::START);
+        let mut out = Dns {
+            resolvers: Vec::new(),
+            port: 53,
+            pos: at,
+        };
+        if let Some(dns) = dns {
+            if let Some(p) = dns
+                .value
+                .port
+                .as_ref()
+                .and_then(|port| self.port_number(port.value, pos(port)))
+            {
+                out.port = p;
+            }
+            for r in dns.value.resolvers.iter().flat_map(|l| l.value.iter()) {
+                match r.value.trim().parse::<IpAddr>() {
+                    Ok(ip) if ip.is_unspecified() || ip.is_multicast() => self.error(
+                        "invalid-resolver",
+                        pos(r),
+                        format!("`{ip}` cannot be a DNS resolver"),
+                        "give the unicast address of the resolver to pin",
+                    ),
+                    Ok(ip) => {
+                        if !out.resolvers.contains(&ip) {
+                            out.resolvers.push(ip);
+                        }
+                    }
+                    Err(_) => self.error(
+                        "resolver-not-address",
+                        pos(r),
+                        format!("resolver `{}` is not an IP address", printable(&r.value)),
+                        "write the resolver's address (e.g. 1.1.1.1): a pinned resolver cannot itself be found through DNS",
+                    ),
+                }
+            }
+        }
+        let has_resolver_errors = self
+            .diags
+            .iter()
+            .any(|d| d.code == "resolver-not-address" || d.code == "invalid-resolver");
+        if needs_dns && out.resolvers.is_empty() && !has_resolver_errors {
+            self.error(
+                "missing-resolvers",
+                at,
+                "the allow list names hosts, but `dns.resolvers` is empty",
+                "pin at least one resolver, e.g. `dns: { resolvers: [1.1.1.1] }`; hosts are resolved only through it",
+            );
+        }
+        out
+    }
+
+    fn log(&mut self, log: &Spanned<RawLog>, format: TargetFormat) -> Log {
+        let mut out = Log {
+            pos: pos(log),
+            ..Log::default()
+        };
+        let raw = &log.value;
+        if let Some(group) = &raw.group {
+            match u16::try_from(group.value) {
+                Ok(g) => out.group = Some(g),
+                Err(_) => self.error(
+                    "invalid-log-group",
+                    pos(group),
+                    format!("NFLOG group {} is out of range", group.value),
+                    "use a group number from 0 to 65535",
+                ),
+            }
+        }
+        if let Some(prefix) = &raw.prefix {
+            out.prefix_pos = pos(prefix);
+            if let Some((_, c)) = first_unsafe_quoted(&prefix.value) {
+                self.error(
+                    "unsafe-characters",
+                    pos(prefix),
+                    format!("the log prefix contains {}", describe_char(c)),
+                    "a log prefix may use letters, digits, space and []()-_.:/,+=@ only; quotes, `\\`, `$`, `;`, `#` and control characters could change the rules",
+                );
+            } else {
+                let len = prefix.value.chars().count();
+                let (max, what) = match (format, out.group.is_some()) {
+                    (TargetFormat::Nft, _) => (NFT_LOG_PREFIX_MAX, "nft"),
+                    (TargetFormat::Iptables, false) => {
+                        (IPTABLES_LOG_PREFIX_MAX, "iptables --log-prefix")
+                    }
+                    (TargetFormat::Iptables, true) => {
+                        (IPTABLES_NFLOG_PREFIX_MAX, "iptables --nflog-prefix")
+                    }
+                };
+                if len > max {
+                    self.error(
+                        "log-prefix-too-long",
+                        pos(prefix),
+                        format!(
+                            "the log prefix is {len} characters long; {what} allows at most {max}"
+                        ),
+                        "shorten the prefix",
+                    );
+                } else {
+                    out.prefix = Some(prefix.value.clone());
+                }
+            }
+        }
+        if let Some(rate) = &raw.rate {
+            out.rate = self.rate(rate);
+        }
+        out
+    }
+
+    fn rate(&mut self, rate: &Spanned<String>) -> Option<Rate> {
+        let parsed = rate.value.split_once('/').and_then(|(n, unit)| {
+            let count: u32 = n.trim().parse().ok().filter(|c| *c > 0)?;
+            let unit = match unit.trim() {
+                "second" => RateUnit::Second,
+                "minute" => RateUnit::Minute,
+                "hour" => RateUnit::Hour,
+                "day" => RateUnit::Day,
+                _ => return None,
+            };
+            Some(Rate { count, unit })
+        });
+        if parsed.is_none() {
+            self.error(
+                "invalid-rate",
+                pos(rate),
+                format!("`{}` is not a rate", printable(&rate.value)),
+                "write a positive count and a unit, e.g. `10/second`, `100/minute`, `5/hour` or `1/day`",
+            );
+        }
+        parsed
+    }
+
+    fn port_number(&mut self, n: i64, at: Pos) -> Option<u16> {
+        match u16::try_from(n) {
+            Ok(p) if p > 0 => Some(p),
+            _ => {
+                self.error(
+                    "invalid-port",
+                    at,
+                    format!("port {n} is out of range"),
+                    "ports are numbers from 1 to 65535",
+                );
+                None
+            }
+        }
+    }
+
+    fn port(&mut self, port: &Spanned<RawPort>) -> Option<PortRange> {
+        let at = pos(port);
+        match &port.value {
+            RawPort::Number(n) => self.port_number(*n, at).map(PortRange::single),
+            RawPort::Text(text) => {
+                let text = text.trim();
+                let (first, last) = text.split_once('-').unwrap_or((text, text));
+                let parse = |s: &str| s.trim().parse::<i64>().ok();
+                match (parse(first), parse(last)) {
+                    (Some(first), Some(last)) => {
+                        let first = self.port_number(first, at)?;
+                        let last = self.port_number(last, at)?;
+                        if first > last {
+                            self.error(
+                                "reversed-port-range",
+                                at,
+                                format!("port range `{text}` runs backwards"),
+                                &format!("write the lower port first: \"{last}-{first}\""),
+                            );
+                            return None;
+                        }
+                        Some(PortRange { first, last })
+                    }
+                    _ => {
+                        self.error(
+                            "invalid-port",
+                            at,
+                            format!("`{}` is not a port or port range", printable(text)),
+                            "write a number (443) or a range in quotes (\"8000-8100\")",
+                        );
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    fn protocol(&mut self, protocol: Option<&Spanned<String>>) -> Option<Protocol> {
+        match protocol {
+            None => Some(Protocol::Tcp),
+            Some(p) => match p.value.to_ascii_lowercase().as_str() {
+                "tcp" => Some(Protocol::Tcp),
+                "udp" => Some(Protocol::Udp),
+                other => {
+                    self.error(
+                        "unknown-protocol",
+                        pos(p),
+                        format!("protocol `{}` is not known", printable(other)),
+                        "use `tcp` (the default) or `udp`",
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    fn entry(&mut self, index: usize, entry: &Spanned<RawEntry>) -> Option<AllowEntry> {
+        let at = pos(entry);
+        let raw = &entry.value;
+        let targets = [raw.host.is_some(), raw.url.is_some(), raw.cidr.is_some()];
+        match targets.iter().filter(|t| **t).count() {
+            0 => {
+                self.error(
+                    "missing-target",
+                    at,
+                    format!("allow entry {index} names no destination"),
+                    "give exactly one of `host:`, `url:` or `cidr:`",
+                );
+                return None;
+            }
+            1 => {}
+            _ => {
+                self.error(
+                    "conflicting-targets",
+                    at,
+                    format!("allow entry {index} names more than one destination"),
+                    "give exactly one of `host:`, `url:` or `cidr:`; split it into several entries",
+                );
+                return None;
+            }
+        }
+        let optional = raw.optional.as_ref().is_some_and(|o| o.value);
+        if let Some(url) = &raw.url {
+            return self.url_entry(index, at, url, raw, optional);
+        }
+        let target = if let Some(host) = &raw.host {
+            self.host(host).map(Target::Host)
+        } else {
+            raw.cidr
+                .as_ref()
+                .and_then(|c| self.cidr(c))
+                .map(Target::Net)
+        };
+        let protocol = self.protocol(raw.protocol.as_ref());
+        let ports = self.ports(raw, at, index);
+        let (target, protocol, ports) = (target?, protocol?, ports?);
+        let label = match &target {
+            Target::Host(h) => format!("host {h}"),
+            Target::Net(n) => format!("cidr {n}"),
+        };
+        Some(AllowEntry {
+            index,
+            pos: at,
+            target,
+            protocol,
+            ports,
+            optional,
+            label,
+        })
+    }
+
+    fn ports(&mut self, raw: &RawEntry, at: Pos, index: usize) -> Option<Vec<PortRange>> {
+        let Some(list) = raw.ports.as_ref().filter(|l| !l.value.is_empty()) else {
+            self.error(
+                "missing-ports",
+                raw.ports.as_ref().map(pos).unwrap_or(at),
+                format!("allow entry {index} lists no ports"),
+                "list the ports, e.g. `ports: [443]`; to allow every port write `ports: [\"1-65535\"]`",
+            );
+            return None;
+        };
+        let parsed: Vec<Option<PortRange>> = list.value.iter().map(|p| self.port(p)).collect();
+        let ports: Option<Vec<PortRange>> = parsed.into_iter().collect();
+        ports.map(normalize_ports)
+    }
+
+    fn host(&mut self, host: &Spanned<String>) -> Option<HostName> {
+        let text = host.value.trim();
+        if text.contains('*') {
+            self.error(
+                "wildcard-host",
+                pos(host),
+                format!(
+                    "wildcard host `{}` cannot be enforced by address",
+                    printable(text)
+                ),
+                "wildcards will need DNS proxy mode (not available yet); list each name you need",
+            );
+            return None;
+        }
+        if text.parse::<IpAddr>().is_ok() {
+            self.error(
+                "host-is-address",
+                pos(host),
+                format!("`{text}` is an address, not a host name"),
+                &format!("write `cidr: {text}` for a single address"),
+            );
+            return None;
+        }
+        match HostName::parse(text) {
+            Ok(h) => Some(h),
+            Err(why) => {
+                self.error(
+                    "invalid-host",
+                    pos(host),
+                    format!("`{}` is not a valid host name: {why}", printable(text)),
+                    "a host is a DNS name like api.example.com",
+                );
+                None
+            }
+        }
+    }
+
+    fn cidr(&mut self, cidr: &Spanned<String>) -> Option<IpNet> {
+        let text = cidr.value.trim();
+        let net = match text.parse::<IpNet>() {
+            Ok(n) => n,
+            Err(_) => match text.parse::<IpAddr>() {
+                Ok(ip) => IpNet::from(ip),
+                Err(_) => {
+                    self.error(
+                        "invalid-cidr",
+                        pos(cidr),
+                        format!("`{}` is not an address or network", printable(text)),
+                        "write an address (192.0.2.7, 2001:db8::7) or a network (10.20.0.0/16, 2001:db8::/32)",
+                    );
+                    return None;
+                }
+            },
+        };
+        if net.trunc() != net {
+            self.error(
+                "cidr-host-bits",
+                pos(cidr),
+                format!("`{text}` has bits set after the prefix length"),
+                &format!("did you mean `{}`?", net.trunc()),
+            );
+            return None;
+        }
+        if net.prefix_len() == 0 {
+            self.warn(
+                "allows-everything",
+                pos(cidr),
+                format!("`{net}` allows every address of its family"),
+                "list the networks you need instead",
+            );
+        }
+        Some(net)
+    }
+
+    fn url_entry(
+        &mut self,
+        index: usize,
+        at: Pos,
+        url: &Spanned<String>,
+        raw: &RawEntry,
+        optional: bool,
+    ) -> Option<AllowEntry> {
+        if raw.ports.is_some() || raw.protocol.is_some() {
+            self.error(
+                "url-with-ports",
+                at,
+                format!("allow entry {index} has a `url:` and also `ports:` or `protocol:`"),
+                "a URL carries its own port and protocol: put the port in the URL, or use `host:` with `ports:`",
+            );
+            return None;
+        }
+        let upos = pos(url);
+        let parsed = match parse_url(url.value.trim()) {
+            Ok(p) => p,
+            Err(UrlError {
+                code,
+                message,
+                help,
+            }) => {
+                self.error(code, upos, message, &help);
+                return None;
+            }
+        };
+        if parsed.has_path {
+            self.warn(
+                "url-path-not-enforced",
+                upos,
+                "the URL's path, query or fragment cannot be enforced at the network layer",
+                "egressc allows the whole host and port; enforce paths in an HTTP proxy",
+            );
+        }
+        let target = if let Ok(ip) = parsed.host.parse::<IpAddr>() {
+            Target::Net(IpNet::from(ip))
+        } else if parsed.host.contains('*') {
+            self.error(
+                "wildcard-host",
+                upos,
+                "a wildcard host cannot be enforced by address",
+                "wildcards will need DNS proxy mode (not available yet); list each name you need",
+            );
+            return None;
+        } else {
+            match HostName::parse(&parsed.host) {
+                Ok(h) => Target::Host(h),
+                Err(why) => {
+                    self.error(
+                        "invalid-host",
+                        upos,
+                        format!("the URL's host is not valid: {why}"),
+                        "a host is a DNS name like api.example.com",
+                    );
+                    return None;
+                }
+            }
+        };
+        let host_text = match &target {
+            Target::Net(n) if n.addr().is_ipv6() => format!("[{}]", n.addr()),
+            Target::Net(n) => n.addr().to_string(),
+            Target::Host(h) => h.to_string(),
+        };
+        Some(AllowEntry {
+            index,
+            pos: at,
+            target,
+            protocol: parsed.protocol,
+            ports: vec![PortRange::single(parsed.port)],
+            optional,
+            label: format!("url {}://{}:{}", parsed.scheme, host_text, parsed.port),
+        })
+    }
+}
+
+/// Shows user text in a message with control characters made visible, so a
+/// diagnostic can never write raw control bytes to the terminal.
+fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// A URL reduced to what a firewall can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedUrl {
+    pub scheme: &'static str,
+    pub host: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// A path, query or fragment was given (and cannot be enforced).
+    pub has_path: bool,
+}
+
+/// Why a URL was refused: a diagnostic code, message and help line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlError {
+    pub code: &'static str,
+    pub message: String,
+    pub help: String,
+}
+
+fn url_error(code: &'static str, message: impl Into<String>, help: impl Into<String>) -> UrlError {
+    UrlError {
+        code,
+        message: message.into(),
+        help: help.into(),
+    }
+}
+
+/// Parses the small URL subset a firewall can act on: `scheme://host[:port][/…]`.
+pub fn parse_url(url: &str) -> Result<ParsedUrl, UrlError> {
+    const SCHEMES: &str = "https, http, wss, ws, tcp and udp";
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(url_error(
+            "invalid-url",
+            format!("`{}` is not a URL", printable(url)),
+            "write scheme://host[:port], e.g. https://api.example.com",
+        ));
+    };
+    let (scheme, default_port, protocol): (&'static str, Option<u16>, Protocol) =
+        match scheme.to_ascii_lowercase().as_str() {
+            "https" => ("https", Some(443), Protocol::Tcp),
+            "http" => ("http", Some(80), Protocol::Tcp),
+            "wss" => ("wss", Some(443), Protocol::Tcp),
+            "ws" => ("ws", Some(80), Protocol::Tcp),
+            "tcp" => ("tcp", None, Protocol::Tcp),
+            "udp" => ("udp", None, Protocol::Udp),
+            other => {
+                return Err(url_error(
+                    "unsupported-scheme",
+                    format!("URL scheme `{}` is not supported", printable(other)),
+                    format!(
+                        "egressc understands {SCHEMES}; for anything else use `host:` with `ports:`"
+                    ),
+                ));
+            }
+        };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let has_path = !(tail.is_empty() || tail == "/");
+    if authority.contains('@') {
+        return Err(url_error(
+            "url-userinfo",
+            "the URL contains a user name or password",
+            "remove `user:password@`: credentials do not belong in a firewall policy, and the firewall cannot check them",
+        ));
+    }
+    let (host, port_text) = if let Some(v6) = authority.strip_prefix('[') {
+        let Some((host, after)) = v6.split_once(']') else {
+            return Err(url_error(
+                "invalid-url",
+                "unclosed `[` in the URL's host",
+                "write IPv6 hosts as [2001:db8::1]",
+            ));
+        };
+        let port = match after {
+            "" => None,
+            p => match p.strip_prefix(':') {
+                Some(p) => Some(p),
+                None => {
+                    return Err(url_error(
+                        "invalid-url",
+                        "unexpected text after `]` in the URL",
+                        "write [2001:db8::1]:443",
+                    ));
+                }
+            },
+        };
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(url_error(
+                "invalid-url",
+                format!("`{}` is not an IPv6 address", printable(host)),
+                "write IPv6 hosts as [2001:db8::1]",
+            ));
+        }
+        (host.to_string(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (authority.to_string(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err(url_error(
+            "invalid-url",
+            "the URL has no host",
+            "write scheme://host[:port]",
+        ));
+    }
+    let port = match (port_text, default_port) {
+        (Some(p), _) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => {
+                return Err(url_error(
+                    "invalid-port",
+                    format!(
+                        "`{}` in the URL is not a port from 1 to 65535",
+                        printable(p)
+                    ),
+                    "write the port as a number after the host, e.g. tcp://collector.internal:10514",
+                ));
+            }
+        },
+        (None, Some(default)) => default,
+        (None, None) => {
+            return Err(url_error(
+                "url-missing-port",
+                format!("a {scheme}:// URL needs a port"),
+                format!("write {scheme}://host:port"),
+            ));
+        }
+    };
+    Ok(ParsedUrl {
+        scheme,
+        host,
+        port,
+        protocol,
+        has_path,
+    })
+}

@@ -1,0 +1,67 @@
+//! The character allowlists that keep policy text from becoming firewall syntax.
+//!
+//! nft strings have no escape sequences: a quote ends the string, `$name` expands
+//! even inside quotes, `;` and newline start a new command, `#` starts a comment and
+//! NUL truncates. Escaping cannot be made safe, so instead every string that reaches
+//! rendered output must consist of allowed characters only. The check runs twice:
+//! when the policy is validated (with a diagnostic pointing at the file) and again in
+//! the template engine's formatter for every value it prints (see `backend::template`).
+
+/// Characters allowed inside a quoted string that came from a policy (log prefix,
+/// policy name, comments naming entries): letters, digits, space and a few marks
+/// that mean nothing to nft or iptables-restore inside quotes.
+pub fn is_quoted_safe(c: char) -> bool {
+    c.is_ascii_alphanumeric() || " []()-_.:/,+=@".contains(c)
+}
+
+/// Characters allowed anywhere in rendered output values: the quoted set plus the
+/// punctuation egressc itself generates for typed values (set syntax, ranges,
+/// concatenations). It still excludes everything that can end a string or start a
+/// new statement, variable or comment: `"` `'` `\` `$` `;` `#` `&` `|` and all
+/// control characters including newline and NUL.
+pub fn is_render_safe(c: char) -> bool {
+    is_quoted_safe(c) || "{}<>!*".contains(c)
+}
+
+/// The first character of `s` that is not quoted-safe, if any.
+pub fn first_unsafe_quoted(s: &str) -> Option<(usize, char)> {
+    s.chars().enumerate().find(|(_, c)| !is_quoted_safe(*c))
+}
+
+/// Describes a character for an error message without echoing control characters
+/// raw into the user's terminal.
+pub fn describe_char(c: char) -> String {
+    match c {
+        '\n' => "newline".to_string(),
+        '\r' => "carriage return".to_string(),
+        '\t' => "tab".to_string(),
+        '\0' => "NUL".to_string(),
+        c if c.is_control() => format!("control character U+{:04X}", c as u32),
+        c => format!("`{c}`"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_log_prefix_is_allowed() {
+        assert_eq!(first_unsafe_quoted("[EGRESS-DENIED] "), None);
+    }
+
+    #[test]
+    fn injection_characters_are_refused_everywhere() {
+        for c in [
+            '"', '\'', '\\', '$', ';', '#', '\n', '\r', '\0', '\t', '&', '|', '`',
+        ] {
+            assert!(!is_quoted_safe(c), "{c:?} must not be quoted-safe");
+            assert!(!is_render_safe(c), "{c:?} must not be render-safe");
+        }
+    }
+
+    #[test]
+    fn non_ascii_is_refused() {
+        assert_eq!(first_unsafe_quoted("abcé"), Some((3, 'é')));
+    }
+}

@@ -1,0 +1,296 @@
+//! Shared test harness: real DNS servers, network namespaces, raw DNS probes.
+//!
+//! Nothing here is a mock. `Unbound` runs the real unbound from apt on real
+//! sockets; `Netns` makes real network namespaces with `ip netns`; `dns_query`
+//! sends a hand-built DNS packet so a test can tell "answered" from "dropped".
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const EGRESSC: &str = env!("CARGO_BIN_EXE_egressc");
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A name unique to this process and call, for namespaces and files.
+pub fn unique(tag: &str) -> String {
+    format!(
+        "egc-{tag}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Whether tests that need the kernel (root, namespaces, nftables) can run.
+/// In CI (CI=true) they must: this panics instead of skipping.
+pub fn kernel_available(test: &str) -> bool {
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: kernel tests must run in CI, but this is not root");
+    }
+    eprintln!("NOTICE: {test} skipped: needs root for network namespaces and nftables");
+    false
+}
+
+/// Runs a command and returns its output, panicking with stderr if it cannot start.
+pub fn run(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"))
+}
+
+/// Runs a command that must succeed.
+pub fn run_ok(cmd: &str, args: &[&str]) -> String {
+    let out = run(cmd, args);
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = unique(tag);
+        run_ok("ip", &["netns", "add", &name]);
+        run_ok("ip", &["-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    /// `ip netns exec NAME cmd args…`
+    pub fn exec(&self, cmd: &str, args: &[&str]) -> Output {
+        let mut full = vec!["netns", "exec", self.name.as_str(), cmd];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    pub fn exec_ok(&self, cmd: &str, args: &[&str]) -> String {
+        let out = self.exec(cmd, args);
+        assert!(
+            out.status.success(),
+            "in {}: {cmd} {args:?} failed: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A command that will run inside the namespace.
+    pub fn command(&self, cmd: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, cmd]);
+        c
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (network namespaces
+    /// are per thread), so sockets it opens live there.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open netns");
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("netns thread panicked")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// A free port on `ip` for both UDP and TCP (a DNS server needs both).
+pub fn free_port(ip: IpAddr) -> u16 {
+    for _ in 0..50 {
+        let tcp = TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind tcp");
+        let port = tcp.local_addr().unwrap().port();
+        if UdpSocket::bind(SocketAddr::new(ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on {ip}");
+}
+
+/// A real unbound serving static local zones, killed on drop.
+pub struct Unbound {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub addrs: Vec<SocketAddr>,
+    pub log: PathBuf,
+}
+
+/// One zone record in unbound's `local-data` syntax, e.g.
+/// `a.test. 300 IN A 192.0.2.1`.
+pub fn rr(name: &str, ttl: u32, rtype: &str, value: &str) -> String {
+    format!("{name}. {ttl} IN {rtype} {value}")
+}
+
+impl Unbound {
+    /// Starts unbound on `listen` (all on `port`), authoritative for `zones` (every
+    /// other name under them is NXDOMAIN), inside `netns` if given.
+    pub fn start(
+        listen: &[IpAddr],
+        port: u16,
+        zones: &[&str],
+        records: &[String],
+        netns: Option<&Netns>,
+    ) -> Unbound {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("unbound.log");
+        let mut conf = String::from("server:\n");
+        for ip in listen {
+            conf.push_str(&format!("  interface: {ip}\n"));
+        }
+        conf.push_str(&format!(
+            "  port: {port}\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  directory: \"{dir}\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"{log}\"\n  verbosity: 1\n  num-threads: 1\n  module-config: \"iterator\"\n  access-control: 0.0.0.0/0 allow\n  access-control: ::/0 allow\n  num-queries-per-thread: 4096\n  incoming-num-tcp: 512\n  outgoing-range: 1024\n  so-reuseport: no\n  do-ip6: yes\n  msg-buffer-size: 65552\n",
+            dir = dir.path().display(),
+            log = log.display(),
+        ));
+        for zone in zones {
+            conf.push_str(&format!("  local-zone: \"{zone}.\" static\n"));
+        }
+        for r in records {
+            conf.push_str(&format!("  local-data: \"{r}\"\n"));
+        }
+        let conf_path = dir.path().join("unbound.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let check = run("unbound-checkconf", &[conf_path.to_str().unwrap()]);
+        assert!(
+            check.status.success(),
+            "unbound config: {}",
+            String::from_utf8_lossy(&check.stdout)
+        );
+        let mut cmd = match netns {
+            Some(ns) => ns.command("unbound"),
+            None => Command::new("unbound"),
+        };
+        let child = cmd
+            .args(["-d", "-c", conf_path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start unbound (apt-get install unbound)");
+        let addrs: Vec<SocketAddr> = listen.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
+        let unbound = Unbound {
+            child,
+            _dir: dir,
+            addrs,
+            log,
+        };
+        unbound.wait_ready(zones.first().copied().unwrap_or("test"), netns);
+        unbound
+    }
+
+    fn wait_ready(&self, zone: &str, netns: Option<&Netns>) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let server = self.addrs[0];
+        let name = format!("ready-probe.{zone}");
+        loop {
+            let name = name.clone();
+            let answered = match netns {
+                Some(ns) => ns.run(move || dns_query_udp(server, &name, 1, Duration::from_millis(300))),
+                None => dns_query_udp(server, &name, 1, Duration::from_millis(300)),
+            };
+            if answered.is_some() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "unbound did not start on {server}: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Unbound {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Builds a DNS query for `name` with record type `qtype` (1 = A, 28 = AAAA).
+pub fn dns_packet(name: &str, qtype: u16) -> Vec<u8> {
+    let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.trim_end_matches('.').split('.') {
+        p.push(label.len() as u8);
+        p.extend_from_slice(label.as_bytes());
+    }
+    p.push(0);
+    p.extend_from_slice(&qtype.to_be_bytes());
+    p.extend_from_slice(&1u16.to_be_bytes());
+    p
+}
+
+/// Sends one DNS query over UDP; the response, or None if nothing came back.
+pub fn dns_query_udp(server: SocketAddr, name: &str, qtype: u16, wait: Duration) -> Option<Vec<u8>> {
+    let bind: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
+    let sock = UdpSocket::bind(bind).ok()?;
+    sock.set_read_timeout(Some(wait)).ok()?;
+    sock.send_to(&dns_packet(name, qtype), server).ok()?;
+    let mut buf = [0u8; 4096];
+    let (n, _) = sock.recv_from(&mut buf).ok()?;
+    Some(buf[..n].to_vec())
+}
+
+/// Sends one DNS query over TCP; the response, or None on any failure.
+pub fn dns_query_tcp(server: SocketAddr, name: &str, qtype: u16, wait: Duration) -> Option<Vec<u8>> {
+    let mut stream = TcpStream::connect_timeout(&server, wait).ok()?;
+    stream.set_read_timeout(Some(wait)).ok()?;
+    let packet = dns_packet(name, qtype);
+    let mut framed = (packet.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&packet);
+    stream.write_all(&framed).ok()?;
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).ok()?;
+    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+    stream.read_exact(&mut buf).ok()?;
+    Some(buf)
+}
+
+/// The response code of a DNS response (0 NOERROR, 3 NXDOMAIN, 5 REFUSED).
+pub fn rcode(response: &[u8]) -> u8 {
+    response[3] & 0x0f
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs egressc with `args`, optionally inside a namespace.
+pub fn egressc(args: &[&str], netns: Option<&Netns>) -> Output {
+    let mut cmd = match netns {
+        Some(ns) => ns.command(EGRESSC),
+        None => Command::new(EGRESSC),
+    };
+    cmd.args(args).output().expect("run egressc")
+}
