@@ -208,7 +208,9 @@ impl Unbound {
         loop {
             let name = name.clone();
             let answered = match netns {
-                Some(ns) => ns.run(move || dns_query_udp(server, &name, 1, Duration::from_millis(300))),
+                Some(ns) => {
+                    ns.run(move || dns_query_udp(server, &name, 1, Duration::from_millis(300)))
+                }
                 None => dns_query_udp(server, &name, 1, Duration::from_millis(300)),
             };
             if answered.is_some() {
@@ -245,7 +247,12 @@ pub fn dns_packet(name: &str, qtype: u16) -> Vec<u8> {
 }
 
 /// Sends one DNS query over UDP; the response, or None if nothing came back.
-pub fn dns_query_udp(server: SocketAddr, name: &str, qtype: u16, wait: Duration) -> Option<Vec<u8>> {
+pub fn dns_query_udp(
+    server: SocketAddr,
+    name: &str,
+    qtype: u16,
+    wait: Duration,
+) -> Option<Vec<u8>> {
     let bind: SocketAddr = if server.is_ipv4() {
         "0.0.0.0:0".parse().unwrap()
     } else {
@@ -260,7 +267,12 @@ pub fn dns_query_udp(server: SocketAddr, name: &str, qtype: u16, wait: Duration)
 }
 
 /// Sends one DNS query over TCP; the response, or None on any failure.
-pub fn dns_query_tcp(server: SocketAddr, name: &str, qtype: u16, wait: Duration) -> Option<Vec<u8>> {
+pub fn dns_query_tcp(
+    server: SocketAddr,
+    name: &str,
+    qtype: u16,
+    wait: Duration,
+) -> Option<Vec<u8>> {
     let mut stream = TcpStream::connect_timeout(&server, wait).ok()?;
     stream.set_read_timeout(Some(wait)).ok()?;
     let packet = dns_packet(name, qtype);
