@@ -250,8 +250,10 @@ fn sa(ip: &str, port: u16) -> SocketAddr {
 fn world() -> World {
     let client = Netns::new("client");
     let internet = Netns::new("inet");
-    let veth_c = format!("c{}", std::process::id() % 100000);
-    let veth_i = format!("i{}", std::process::id() % 100000);
+    // Interface names hold at most 15 characters; the namespace names are unique.
+    let id = client.name.rsplit('-').next().unwrap().to_string();
+    let veth_c = format!("egc{}c{id}", std::process::id() % 100000);
+    let veth_i = format!("egc{}i{id}", std::process::id() % 100000);
     support::run_ok(
         "ip",
         &[

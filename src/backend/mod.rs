@@ -25,7 +25,7 @@ pub enum Format {
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// A template refused a value (the output allowlist) or failed to render.
-    #[error("cannot render the {format} output: {source}")]
+    #[error("cannot render the {format} output")]
     Template {
         format: &'static str,
         #[source]

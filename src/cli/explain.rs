@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::anyhow;
 use egressc::ir::eval::{Probe, Verdict, evaluate};
-use egressc::ir::{Origin, lower};
+use egressc::ir::lower;
 use egressc::policy::TargetFormat;
 use egressc::policy::model::{HostName, Protocol};
 use egressc::policy::validate::parse_url;
@@ -157,8 +157,12 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
                 format!("{}{at}", ruleset.origin_label(*o))
             })
             .collect();
-        let audit_note = if allowed && decision.logged && decision.origins == [Origin::Default] {
-            " [audit: logged, would be denied]"
+        let audit_note = if allowed && decision.via_deny {
+            if decision.logged {
+                " [audit: logged, would be denied]"
+            } else {
+                " [audit: not logged, would be denied]"
+            }
         } else {
             ""
         };

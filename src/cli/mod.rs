@@ -129,7 +129,12 @@ pub fn run() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(Failure { code, error }) => {
-            eprintln!("egressc: {error:#}");
+            match error.downcast_ref::<PolicyError>() {
+                // Diagnostics are printed as they are, so every line starts with
+                // file:line:col (editors and CI annotators jump to it).
+                Some(invalid @ PolicyError::Invalid { .. }) => eprintln!("{invalid}"),
+                _ => eprintln!("egressc: {error:#}"),
+            }
             ExitCode::from(code)
         }
     }

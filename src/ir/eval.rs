@@ -28,7 +28,9 @@ pub enum Verdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub verdict: Verdict,
-    /// The rule that decided (for the default, the last rule of the deny chain).
+    /// The rule that decided: the accepting or dropping rule, or — when the packet
+    /// was sent to the deny chain — the rule that sent it there (the DNS pin or the
+    /// final catch-all), which is what a user needs to know.
     pub chain: ChainId,
     pub rule_index: usize,
     /// The policy origins behind the decision: for a set lookup, the entries of
@@ -36,6 +38,9 @@ pub struct Decision {
     pub origins: Vec<Origin>,
     /// Whether a log rule saw the packet on the way.
     pub logged: bool,
+    /// Whether the packet went through the deny chain: in audit mode an accepted
+    /// packet with this set is one that `default: deny` would drop.
+    pub via_deny: bool,
 }
 
 impl Decision {
@@ -49,6 +54,8 @@ pub fn evaluate(ruleset: &Ruleset, probe: &Probe) -> Decision {
     let mut chain = ChainId::Output;
     let mut logged = false;
     let mut index = 0;
+    // Set when a rule sent the packet to the deny chain: (index, origins).
+    let mut sent_by: Option<(usize, Vec<Origin>)> = None;
     loop {
         let rules = ruleset.chain(chain);
         let Some(rule) = rules.get(index) else {
@@ -61,24 +68,33 @@ pub fn evaluate(ruleset: &Ruleset, probe: &Probe) -> Decision {
                 rule_index: rules.len().saturating_sub(1),
                 origins: vec![Origin::Default],
                 logged,
+                via_deny: chain == ChainId::Deny,
             };
         };
         if let Some(origins) = matches(ruleset, rule, probe) {
             match &rule.action {
                 Action::Accept | Action::Drop => {
+                    let verdict = if rule.action == Action::Accept {
+                        Verdict::Accept
+                    } else {
+                        Verdict::Drop
+                    };
+                    let via_deny = sent_by.is_some();
+                    let (chain, rule_index, origins) = match sent_by {
+                        Some((i, o)) => (ChainId::Output, i, o),
+                        None => (chain, index, origins),
+                    };
                     return Decision {
-                        verdict: if rule.action == Action::Accept {
-                            Verdict::Accept
-                        } else {
-                            Verdict::Drop
-                        },
+                        verdict,
                         chain,
-                        rule_index: index,
+                        rule_index,
                         origins,
                         logged,
+                        via_deny,
                     };
                 }
                 Action::GotoDeny => {
+                    sent_by = Some((index, origins));
                     chain = ChainId::Deny;
                     index = 0;
                     continue;

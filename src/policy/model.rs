@@ -158,7 +158,7 @@ impl HostName {
             if label.len() > 63 {
                 return Err(format!(
                     "the label `{}…` is {} characters long; DNS allows at most 63",
-                    &label[..16],
+                    label.chars().take(16).collect::<String>(),
                     label.len()
                 ));
             }

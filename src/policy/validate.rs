@@ -106,7 +106,11 @@ impl Validator {
                 .collect(),
             None => Vec::new(),
         };
-        let needs_dns = allow.iter().any(|e| matches!(e.target, Target::Host(_)));
+        // Where the first host that needs resolving is written, if any.
+        let needs_dns = allow
+            .iter()
+            .find(|e| matches!(e.target, Target::Host(_)))
+            .map(|e| e.pos);
         let dns = self.dns(raw.dns.as_ref(), needs_dns);
         let log = match &raw.log {
             Some(log) => self.log(log, format),
@@ -188,7 +192,8 @@ impl Validator {
         (action, pos(d))
     }
 
-    fn dns(&mut self, dns: Option<&Spanned<RawDns>>, needs_dns: bool) -> Dns {
+    /// `needs_dns` is where the first entry naming a host is written, if any.
+    fn dns(&mut self, dns: Option<&Spanned<RawDns>>, needs_dns: Option<Pos>) -> Dns {
         let at = dns.map(pos).unwrap_or(Pos::START);
         let mut out = Dns {
             resolvers: Vec::new(),
@@ -230,11 +235,15 @@ impl Validator {
             .diags
             .iter()
             .any(|d| d.code == "resolver-not-address" || d.code == "invalid-resolver");
-        if needs_dns && out.resolvers.is_empty() && !has_resolver_errors {
+        if let Some(host_at) = needs_dns
+            && out.resolvers.is_empty()
+            && !has_resolver_errors
+        {
+            // With no `dns:` at all, point at the host that needs it, not at line 1.
             self.error(
                 "missing-resolvers",
-                at,
-                "the allow list names hosts, but `dns.resolvers` is empty",
+                if dns.is_some() { at } else { host_at },
+                "the allow list names hosts, but no resolver is pinned in `dns.resolvers`",
                 "pin at least one resolver, e.g. `dns: { resolvers: [1.1.1.1] }`; hosts are resolved only through it",
             );
         }
@@ -485,14 +494,21 @@ impl Validator {
             );
             return None;
         }
-        match HostName::parse(text) {
+        let help = if text.contains("://") {
+            "a host is a DNS name like api.example.com; for a URL write `url:` instead of `host:`"
+        } else if text.contains(':') {
+            "a host is a DNS name like api.example.com; put the port under `ports:`"
+        } else {
+            "a host is a DNS name like api.example.com"
+        };
+        match parse_host_name(text) {
             Ok(h) => Some(h),
             Err(why) => {
                 self.error(
                     "invalid-host",
                     pos(host),
                     format!("`{}` is not a valid host name: {why}", printable(text)),
-                    "a host is a DNS name like api.example.com",
+                    help,
                 );
                 None
             }
@@ -544,14 +560,20 @@ impl Validator {
         raw: &RawEntry,
         optional: bool,
     ) -> Option<AllowEntry> {
-        if raw.ports.is_some() || raw.protocol.is_some() {
-            self.error(
-                "url-with-ports",
-                at,
-                format!("allow entry {index} has a `url:` and also `ports:` or `protocol:`"),
-                "a URL carries its own port and protocol: put the port in the URL, or use `host:` with `ports:`",
-            );
-            return None;
+        let mut conflict = false;
+        for (key, key_at) in [
+            ("ports", raw.ports.as_ref().map(pos)),
+            ("protocol", raw.protocol.as_ref().map(pos)),
+        ] {
+            if let Some(key_at) = key_at {
+                conflict = true;
+                self.error(
+                    "url-with-ports",
+                    key_at,
+                    format!("allow entry {index} has a `url:`, which cannot also have `{key}:`"),
+                    "a URL carries its own port and protocol (tcp://, udp://): put the port in the URL, or use `host:` with `ports:`",
+                );
+            }
         }
         let upos = pos(url);
         let parsed = match parse_url(url.value.trim()) {
@@ -584,7 +606,7 @@ impl Validator {
             );
             return None;
         } else {
-            match HostName::parse(&parsed.host) {
+            match parse_host_name(&parsed.host) {
                 Ok(h) => Target::Host(h),
                 Err(why) => {
                     self.error(
@@ -597,6 +619,10 @@ impl Validator {
                 }
             }
         };
+        if conflict {
+            // The URL itself was checked above, so both problems are reported at once.
+            return None;
+        }
         let host_text = match &target {
             Target::Net(n) if n.addr().is_ipv6() => format!("[{}]", n.addr()),
             Target::Net(n) => n.addr().to_string(),
@@ -614,9 +640,26 @@ impl Validator {
     }
 }
 
+/// [`HostName::parse`], after refusing characters no host name can hold: the
+/// message then names the character, and the length checks never see text that
+/// is not ASCII (a label of multi-byte characters once made them slice through a
+/// character and panic).
+fn parse_host_name(text: &str) -> Result<HostName, String> {
+    if let Some(c) = text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.'))
+    {
+        return Err(format!(
+            "the host name contains {}; only letters, digits, `-` and `.` are allowed",
+            describe_char(c)
+        ));
+    }
+    HostName::parse(text)
+}
+
 /// Shows user text in a message with control characters made visible, so a
 /// diagnostic can never write raw control bytes to the terminal.
-fn printable(s: &str) -> String {
+pub(crate) fn printable(s: &str) -> String {
     s.chars()
         .flat_map(|c| {
             if c.is_control() {
