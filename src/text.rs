@@ -11,7 +11,7 @@
 /// policy name, comments naming entries): letters, digits, space and a few marks
 /// that mean nothing to nft or iptables-restore inside quotes.
 pub fn is_quoted_safe(c: char) -> bool {
-    c.is_ascii_alphanumeric() || " []()-_.:/,+=@".contains(c)
+    (c as u32) < 128 && QUOTED_SAFE[c as usize]
 }
 
 /// Characters allowed anywhere in rendered output values: the quoted set plus the
@@ -20,7 +20,38 @@ pub fn is_quoted_safe(c: char) -> bool {
 /// new statement, variable or comment: `"` `'` `\` `$` `;` `#` `&` `|` and all
 /// control characters including newline and NUL.
 pub fn is_render_safe(c: char) -> bool {
-    is_quoted_safe(c) || "{}<>!*".contains(c)
+    (c as u32) < 128 && RENDER_SAFE[c as usize]
+}
+
+/// The punctuation allowed inside quotes (besides ASCII letters and digits).
+const QUOTED_MARKS: &[u8] = b" []()-_.:/,+=@";
+/// The punctuation allowed in generated bare text, in addition.
+const RENDER_MARKS: &[u8] = b"{}<>!*";
+
+// Lookup tables: the check runs on every byte of every rendered value (millions
+// of them for a large address list), so it is one array index, not a search.
+const QUOTED_SAFE: [bool; 128] = ascii_table(QUOTED_MARKS, b"");
+const RENDER_SAFE: [bool; 128] = ascii_table(QUOTED_MARKS, RENDER_MARKS);
+
+const fn ascii_table(marks: &[u8], more: &[u8]) -> [bool; 128] {
+    let mut table = [false; 128];
+    let mut c = 0;
+    while c < 128 {
+        let b = c as u8;
+        table[c] = b.is_ascii_alphanumeric();
+        c += 1;
+    }
+    let mut i = 0;
+    while i < marks.len() {
+        table[marks[i] as usize] = true;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < more.len() {
+        table[more[i] as usize] = true;
+        i += 1;
+    }
+    table
 }
 
 /// The first character of `s` that is not quoted-safe, if any.
@@ -57,6 +88,16 @@ mod tests {
         ] {
             assert!(!is_quoted_safe(c), "{c:?} must not be quoted-safe");
             assert!(!is_render_safe(c), "{c:?} must not be render-safe");
+        }
+    }
+
+    #[test]
+    fn tables_match_the_documented_sets() {
+        for b in 0u8..128 {
+            let c = b as char;
+            let quoted = c.is_ascii_alphanumeric() || " []()-_.:/,+=@".contains(c);
+            assert_eq!(is_quoted_safe(c), quoted, "{c:?}");
+            assert_eq!(is_render_safe(c), quoted || "{}<>!*".contains(c), "{c:?}");
         }
     }
 

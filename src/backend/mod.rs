@@ -60,6 +60,21 @@ pub fn fit_comment(text: &str) -> String {
     }
 }
 
+/// Comment text per distinct list of origins: a host with 1,000 addresses has
+/// 1,000 elements with the same origins, and the label is built once.
+#[derive(Default)]
+pub struct CommentCache<'r> {
+    cache: std::collections::HashMap<&'r [Origin], String>,
+}
+
+impl<'r> CommentCache<'r> {
+    pub fn get(&mut self, ruleset: &Ruleset, origins: &'r [Origin]) -> &str {
+        self.cache
+            .entry(origins)
+            .or_insert_with(|| origins_comment(ruleset, origins))
+    }
+}
+
 /// Names the policy entries behind a set element, e.g. `allow[2] host api.github.com`
 /// or `allow[0,3,7]`, shortened when many entries share one element.
 pub fn origins_comment(ruleset: &Ruleset, origins: &[Origin]) -> String {

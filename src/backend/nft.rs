@@ -10,26 +10,16 @@ use minijinja::context;
 use minijinja::value::Serde;
 use serde::Serialize;
 
-use super::{BackendError, fit_comment, origins_comment, template};
+use std::fmt::Write as _;
+
+use minijinja::Value;
+
+use super::template::CheckedTextBuilder;
+use super::{BackendError, CommentCache, fit_comment, template};
 use crate::ir::{Action, ChainId, Family, Match, Rule, Ruleset, Set, SetKind};
 use crate::policy::model::DefaultAction;
 
 const TEMPLATE: &str = include_str!("../../templates/nft.j2");
-
-#[derive(Serialize)]
-struct SetView {
-    name: &'static str,
-    #[serde(rename = "type")]
-    key_type: &'static str,
-    interval: bool,
-    elements: Vec<ElementView>,
-}
-
-#[derive(Serialize)]
-struct ElementView {
-    key: String,
-    comment: String,
-}
 
 #[derive(Serialize)]
 struct ChainView {
@@ -53,8 +43,18 @@ struct RuleView {
 
 /// Renders the nft script.
 pub fn render(ruleset: &Ruleset) -> Result<String, BackendError> {
+    let template_error = |source| BackendError::Template {
+        format: "nft",
+        source,
+    };
     let env = template::environment(&[("nft", TEMPLATE)]);
-    let sets: Vec<SetView> = ruleset.sets.iter().map(|s| set_view(ruleset, s)).collect();
+    let mut comments = CommentCache::default();
+    let sets = ruleset
+        .sets
+        .iter()
+        .map(|s| set_value(ruleset, s, &mut comments))
+        .collect::<Result<Vec<Value>, _>>()
+        .map_err(template_error)?;
     let policy = match ruleset.default {
         DefaultAction::Deny => "drop",
         DefaultAction::Audit => "accept",
@@ -85,45 +85,53 @@ pub fn render(ruleset: &Ruleset) -> Result<String, BackendError> {
                 name => ruleset.policy_name.as_deref().unwrap_or("unnamed"),
                 sha256 => &ruleset.policy_sha256,
                 resolved_at => &ruleset.resolved_at,
-                sets => Serde(&sets),
+                sets => sets,
                 chains => Serde(&chains),
             })
         })
-        .map_err(|source| BackendError::Template {
-            format: "nft",
-            source,
-        })?;
+        .map_err(template_error)?;
     Ok(out)
 }
 
-fn set_view(ruleset: &Ruleset, set: &Set) -> SetView {
+/// One set for the template: its header fields and its elements as one
+/// [`template::CheckedText`] block (one line per element).
+fn set_value<'r>(
+    ruleset: &Ruleset,
+    set: &'r Set,
+    comments: &mut CommentCache<'r>,
+) -> Result<Value, minijinja::Error> {
     let key_type = match set.family {
         Family::V4 => "ipv4_addr . inet_proto . inet_service",
         Family::V6 => "ipv6_addr . inet_proto . inet_service",
     };
     let interval = set.kind == SetKind::Networks;
-    let elements = set
-        .elements
-        .iter()
-        .map(|e| {
-            // Hash sets hold single addresses; interval sets take prefixes and ranges.
-            let addr = if interval {
-                e.net.to_string()
-            } else {
-                e.net.addr().to_string()
-            };
-            ElementView {
-                key: format!("{addr} . {} . {}", e.protocol, e.ports),
-                comment: origins_comment(ruleset, &e.origins),
-            }
-        })
-        .collect();
-    SetView {
-        name: set.name,
-        key_type,
-        interval,
-        elements,
+    let mut block = CheckedTextBuilder::with_capacity(set.elements.len() * 64);
+    let mut key = String::with_capacity(64);
+    for (i, e) in set.elements.iter().enumerate() {
+        if i > 0 {
+            block.newline(3);
+        }
+        key.clear();
+        // Hash sets hold single addresses; interval sets take prefixes and ranges.
+        if interval {
+            write!(key, "{}", e.net)
+        } else {
+            write!(key, "{}", e.net.addr())
+        }
+        .and_then(|_| write!(key, " . {} . {} comment ", e.protocol, e.ports))
+        .expect("writing to a String cannot fail");
+        block
+            .bare(&key)?
+            .quoted(comments.get(ruleset, &e.origins))?
+            .bare(",")?;
     }
+    Ok(context! {
+        name => set.name,
+        type => key_type,
+        interval => interval,
+        has_elements => !set.elements.is_empty(),
+        elements => block.finish(),
+    })
 }
 
 fn rule_view(ruleset: &Ruleset, rule: &Rule) -> RuleView {

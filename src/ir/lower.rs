@@ -109,7 +109,9 @@ pub fn lower(policy: &Policy, resolution: &Resolution) -> Result<Ruleset, LowerE
     }
 
     // The allow list: every (address or network) × port range of every entry.
-    let mut singles: BTreeMap<(IpAddr, Protocol, u16), BTreeSet<Origin>> = BTreeMap::new();
+    // Single address + single port: collected flat, then sorted and grouped (a
+    // sort of 100,000 tuples is several times cheaper than a BTreeMap of them).
+    let mut singles: Vec<(IpAddr, Protocol, u16, Origin)> = Vec::new();
     let mut ranged: Vec<Candidate> = Vec::new();
     for entry in &policy.allow {
         let nets: Vec<IpNet> = match &entry.target {
@@ -134,10 +136,7 @@ pub fn lower(policy: &Policy, resolution: &Resolution) -> Result<Ruleset, LowerE
             for ports in &entry.ports {
                 let single_addr = net.prefix_len() == net.max_prefix_len();
                 if single_addr && ports.is_single() {
-                    singles
-                        .entry((net.addr(), entry.protocol, ports.first))
-                        .or_default()
-                        .insert(origin);
+                    singles.push((net.addr(), entry.protocol, ports.first, origin));
                 } else {
                     ranged.push(Candidate {
                         net,
@@ -149,13 +148,17 @@ pub fn lower(policy: &Policy, resolution: &Resolution) -> Result<Ruleset, LowerE
             }
         }
     }
-    for ((addr, protocol, port), origins) in singles {
+    singles.sort_unstable();
+    singles.dedup();
+    for group in singles.chunk_by(|a, b| (a.0, a.1, a.2) == (b.0, b.1, b.2)) {
+        let (addr, protocol, port, _) = group[0];
         let id = set_id(Family::of(addr), SetKind::Addresses, SetPurpose::Allow);
         sets[id.0].elements.push(Element {
             net: IpNet::from(addr),
             protocol,
             ports: PortRange::single(port),
-            origins: origins.into_iter().collect(),
+            // Sorted and unique: the group is sorted by origin after the key.
+            origins: group.iter().map(|s| s.3).collect(),
         });
     }
     for family in Family::BOTH {
@@ -163,14 +166,8 @@ pub fn lower(policy: &Policy, resolution: &Resolution) -> Result<Ruleset, LowerE
         sets[id.0].elements = disjoint_elements(ranged.iter().filter(|c| c.family() == family));
     }
     for set in &mut sets {
-        set.elements.sort_by(|a, b| {
-            (a.net.addr(), a.net.prefix_len(), a.protocol, a.ports).cmp(&(
-                b.net.addr(),
-                b.net.prefix_len(),
-                b.protocol,
-                b.ports,
-            ))
-        });
+        set.elements
+            .sort_unstable_by_key(|e| (e.net.addr(), e.net.prefix_len(), e.protocol, e.ports));
     }
 
     let entries = policy
