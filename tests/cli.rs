@@ -299,6 +299,29 @@ fn check_exits_0_for_a_valid_policy_with_nothing_on_stdout() {
     assert!(run.stderr.contains("p.yaml: ok"), "{}", run.describe());
 }
 
+/// An allow entry that names a DNS port can never take effect (DNS goes only to
+/// the pinned resolvers, and that rule comes first): a warning says so, and the
+/// policy stays valid.
+#[test]
+fn an_allow_entry_naming_a_dns_port_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "p.yaml",
+        "version: 1\ndns:\n  resolvers: [1.1.1.1]\n  port: 5353\nallow:\n  - cidr: 10.0.0.0/8\n    ports: [443]\n  - cidr: 10.1.0.0/16\n    ports: [853]\n  - cidr: 10.2.0.0/16\n    ports: [5353]\n    protocol: udp\n  - cidr: 10.3.0.0/16\n    ports: [\"1-65535\"]\n",
+    );
+    let run = egressc(dir.path(), &["check", "p.yaml"]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let warnings: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("warning[dns-port-in-allow]"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{}", run.describe());
+    assert!(warnings[0].starts_with("p.yaml:8:5:") && warnings[0].contains("port 853"));
+    assert!(warnings[1].starts_with("p.yaml:10:5:") && warnings[1].contains("port 5353"));
+}
+
 #[test]
 fn check_exits_1_for_an_invalid_policy() {
     let dir = tempfile::tempdir().unwrap();

@@ -220,13 +220,18 @@ fn output_rules(policy: &Policy, ruleset: &Ruleset) -> Vec<Rule> {
             "IPv6 neighbour discovery",
         ),
     ];
-    let dns_line = policy.dns.pos.line;
+    // Comments name where the resolvers were written, or say that none were.
+    let dns_origin = if policy.dns.resolvers.is_empty() {
+        "no resolvers pinned".to_string()
+    } else {
+        format!("dns.resolvers line {}", policy.dns.pos.line)
+    };
     for family in Family::BOTH {
         rules.push(Rule {
             matches: Match::InSet(set_id(family, SetKind::Addresses, SetPurpose::Resolvers)),
             action: Action::Accept,
             origin: Origin::Resolvers,
-            comment: format!("dns.resolvers line {dns_line}: DNS to the pinned resolvers"),
+            comment: format!("{dns_origin}: DNS to the pinned resolvers"),
         });
     }
     let mut dns_ports: Vec<u16> = DNS_PORTS.to_vec();
@@ -237,7 +242,7 @@ fn output_rules(policy: &Policy, ruleset: &Ruleset) -> Vec<Rule> {
         matches: Match::DnsPorts(dns_ports),
         action: Action::GotoDeny,
         origin: Origin::Resolvers,
-        comment: format!("dns.resolvers line {dns_line}: DNS to any other server is denied"),
+        comment: format!("{dns_origin}: DNS to any other server is denied"),
     });
     for (i, set) in ruleset.sets.iter().enumerate() {
         if set.purpose == SetPurpose::Allow {

@@ -112,6 +112,7 @@ impl Validator {
             .find(|e| matches!(e.target, Target::Host(_)))
             .map(|e| e.pos);
         let dns = self.dns(raw.dns.as_ref(), needs_dns);
+        self.dns_ports_in_allow(&allow, dns.port);
         let log = match &raw.log {
             Some(log) => self.log(log, format),
             None => Log::default(),
@@ -125,6 +126,29 @@ impl Validator {
             allow,
             source_hash,
         })
+    }
+
+    /// DNS (53), DNS-over-TLS (853) and the pinned DNS port may only reach the
+    /// pinned resolvers; the rules deny them before the allow list is consulted. An
+    /// entry that names one of those ports explicitly would silently do nothing, so
+    /// say so. (Ranges like "1-65535" that merely include them are not flagged.)
+    fn dns_ports_in_allow(&mut self, allow: &[AllowEntry], dns_port: u16) {
+        for entry in allow {
+            let named = entry
+                .ports
+                .iter()
+                .filter(|r| r.is_single())
+                .map(|r| r.first)
+                .find(|p| [53, 853, dns_port].contains(p));
+            if let Some(port) = named {
+                self.warn(
+                    "dns-port-in-allow",
+                    entry.pos,
+                    format!("allow entry {} names port {port}, which only the pinned resolvers may receive", entry.index),
+                    "DNS and DNS-over-TLS to anything but dns.resolvers is always denied, so this cannot take effect; add the server to dns.resolvers instead",
+                );
+            }
+        }
     }
 
     fn version(&mut self, version: Option<&Spanned<i64>>) {
