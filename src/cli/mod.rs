@@ -133,11 +133,28 @@ pub fn run() -> ExitCode {
                 // Diagnostics are printed as they are, so every line starts with
                 // file:line:col (editors and CI annotators jump to it).
                 Some(invalid @ PolicyError::Invalid { .. }) => eprintln!("{invalid}"),
-                _ => eprintln!("egressc: {error:#}"),
+                _ => eprintln!("egressc: {}", describe(&error)),
             }
             ExitCode::from(code)
         }
     }
+}
+
+/// The error and its causes, joined by ": ", leaving out a cause whose text is
+/// already shown (some libraries repeat their source in their own message).
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// Loads and validates a policy, printing its warnings to stderr.

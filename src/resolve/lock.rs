@@ -98,6 +98,18 @@ pub fn read(path: &Path, policy_path: &Path, policy: &Policy) -> Result<Resoluti
             ),
         });
     }
+    // The time is copied into the rendered header: anything but a timestamp here
+    // means the file was damaged or edited, and must be reported as such rather
+    // than surface later as a refusal to render.
+    if humantime::parse_rfc3339(&resolution.resolved_at).is_err() {
+        return Err(LockError::Damaged {
+            path: shown,
+            why: format!(
+                "resolved_at {:?} is not an RFC 3339 UTC time",
+                resolution.resolved_at
+            ),
+        });
+    }
     if resolution.policy_sha256 != policy.source_hash {
         return Err(LockError::Stale {
             path: shown,

@@ -147,7 +147,8 @@ pub fn rr(name: &str, ttl: u32, rtype: &str, value: &str) -> String {
 
 impl Unbound {
     /// Starts unbound on `listen` (all on `port`), authoritative for `zones` (every
-    /// other name under them is NXDOMAIN), inside `netns` if given.
+    /// other name under them is NXDOMAIN), inside `netns` if given. A zone written
+    /// `"name type"` gets that local-zone type instead of `static`.
     pub fn start(
         listen: &[IpAddr],
         port: u16,
@@ -167,7 +168,10 @@ impl Unbound {
             log = log.display(),
         ));
         for zone in zones {
-            conf.push_str(&format!("  local-zone: \"{zone}.\" static\n"));
+            // `name` is a static zone; `name type` another local-zone type (e.g.
+            // `deny`: queries are dropped, never answered).
+            let (zone, kind) = zone.split_once(' ').unwrap_or((zone, "static"));
+            conf.push_str(&format!("  local-zone: \"{zone}.\" {kind}\n"));
         }
         for r in records {
             conf.push_str(&format!("  local-data: \"{r}\"\n"));
