@@ -4,10 +4,13 @@
 //! Exit codes (also in README.md): 0 success (explain: allowed); 1 invalid policy
 //! (explain: denied); 2 operational failure (DNS, I/O, lock file, rendering).
 
+mod apply;
 mod check;
+mod diff;
 mod explain;
 mod lock;
 mod render;
+mod status;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -42,6 +45,52 @@ enum Command {
     Lock(lock::Args),
     /// Say whether the policy allows a destination, and which entry decides.
     Explain(explain::Args),
+    /// Resolve, compile and load the policy into the kernel; read it back.
+    Apply(apply::Args),
+    /// Keep the rules of a pending `apply --confirm`.
+    Confirm,
+    /// What is applied, pending rollbacks, counters and set sizes.
+    Status(status::Args),
+    /// What `apply` would change.
+    Diff(diff::Args),
+    /// Remove egressc's table or chains, and nothing else.
+    Remove(RemoveArgs),
+    /// Internal: the detached worker behind `apply --confirm`.
+    #[command(hide = true)]
+    RollbackWorker { token: String },
+}
+
+#[derive(clap::Args)]
+pub struct RemoveArgs {
+    /// Which backend's state to remove (default: the one last applied, else nft).
+    #[arg(long, value_enum)]
+    backend: Option<BackendArg>,
+}
+
+/// How `apply` loads rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum BackendArg {
+    /// `nft -f` of the rendered script (one atomic transaction)
+    #[default]
+    Nft,
+    /// iptables-restore and ip6tables-restore of the rendered texts
+    Iptables,
+}
+
+impl BackendArg {
+    fn backend(self) -> egressc::apply::Backend {
+        match self {
+            BackendArg::Nft => egressc::apply::Backend::Nft,
+            BackendArg::Iptables => egressc::apply::Backend::Iptables,
+        }
+    }
+
+    fn target(self) -> TargetFormat {
+        match self {
+            BackendArg::Nft => TargetFormat::Nft,
+            BackendArg::Iptables => TargetFormat::Iptables,
+        }
+    }
 }
 
 /// Output format names on the command line.
@@ -125,6 +174,12 @@ pub fn run() -> ExitCode {
         Command::Render(args) => render::run(args),
         Command::Lock(args) => lock::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Apply(args) => apply::run(args),
+        Command::Confirm => apply::confirm(),
+        Command::Status(args) => status::run(args),
+        Command::Diff(args) => diff::run(args),
+        Command::Remove(args) => remove(args),
+        Command::RollbackWorker { token } => apply::rollback_worker(&token),
     };
     match result {
         Ok(code) => code,
@@ -138,6 +193,30 @@ pub fn run() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// `egressc remove`: delete egressc's table or chains, cancel pending rollbacks,
+/// and forget what was applied.
+fn remove(args: RemoveArgs) -> Result<ExitCode, Failure> {
+    use egressc::apply::{self, state};
+    let backend = match args.backend {
+        Some(b) => b.backend(),
+        None => state::read_applied()
+            .map_err(Failure::operational)?
+            .map_or(apply::Backend::Nft, |a| a.backend),
+    };
+    state::cancel_rollbacks().map_err(Failure::operational)?;
+    let removed = apply::remove(backend).map_err(Failure::operational)?;
+    state::write_applied(None, None).map_err(Failure::operational)?;
+    eprintln!(
+        "{}",
+        if removed {
+            format!("removed egressc's {backend} rules")
+        } else {
+            format!("nothing to remove: egressc has no {backend} rules loaded")
+        }
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The error and its causes, joined by ": ", leaving out a cause whose text is

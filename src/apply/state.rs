@@ -1,0 +1,174 @@
+//! What egressc has applied, and what it would roll back to: small files in the
+//! state directory (`/run/egressc`, or `$EGRESSC_STATE_DIR`). `/run` is cleared at
+//! boot, like the kernel's rules, so the record and the rules live and die together.
+//!
+//! * `applied.json`: the policy (path, SHA-256), when, through which backend, and
+//!   the resolution used (for `diff`); `applied.nft`: the rendered script.
+//! * `rollback-<token>.json`: a pending `--confirm`: the snapshot to restore and
+//!   the record to put back. Claiming it is an atomic rename, so a rollback and a
+//!   `confirm` can never both win.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{ApplyError, Backend, Snapshot};
+use crate::resolve::Resolution;
+
+/// The record of the last apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub policy_path: String,
+    pub policy_sha256: String,
+    pub applied_at: String,
+    pub backend: Backend,
+    pub resolution: Resolution,
+}
+
+/// A pending rollback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollback {
+    pub token: String,
+    /// Unix seconds after which the snapshot is restored unless confirmed.
+    pub deadline: u64,
+    pub snapshot: Snapshot,
+    /// The record to put back with the snapshot (`None`: nothing was applied).
+    pub previous: Option<Applied>,
+    pub previous_script: Option<String>,
+}
+
+pub fn dir() -> PathBuf {
+    std::env::var_os("EGRESSC_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/egressc"))
+}
+
+fn state_error(what: &str, path: &Path, e: impl std::fmt::Display) -> ApplyError {
+    ApplyError::State(format!("cannot {what} {}: {e}", path.display()))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ApplyError> {
+    let parent = path.parent().expect("state files live in a directory");
+    std::fs::create_dir_all(parent).map_err(|e| state_error("create", parent, e))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| state_error("write", path, e))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, ApplyError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| state_error("parse", path, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(state_error("read", path, e)),
+    }
+}
+
+pub fn read_applied() -> Result<Option<Applied>, ApplyError> {
+    read_json(&dir().join("applied.json"))
+}
+
+pub fn read_applied_script() -> Result<Option<String>, ApplyError> {
+    let path = dir().join("applied.nft");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(state_error("read", &path, e)),
+    }
+}
+
+/// Records an apply (or, with `None`, that nothing is applied).
+pub fn write_applied(applied: Option<&Applied>, script: Option<&str>) -> Result<(), ApplyError> {
+    let (json, nft) = (dir().join("applied.json"), dir().join("applied.nft"));
+    match applied {
+        Some(a) => {
+            let bytes = serde_json::to_vec_pretty(a).expect("state serializes");
+            write_atomic(&json, &bytes)?;
+            write_atomic(&nft, script.unwrap_or("").as_bytes())
+        }
+        None => {
+            for path in [json, nft] {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(state_error("remove", &path, e)),
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn rollback_path(token: &str) -> PathBuf {
+    dir().join(format!("rollback-{token}.json"))
+}
+
+pub fn write_rollback(rollback: &Rollback) -> Result<(), ApplyError> {
+    let bytes = serde_json::to_vec_pretty(rollback).expect("rollback serializes");
+    write_atomic(&rollback_path(&rollback.token), &bytes)
+}
+
+/// Pending rollbacks, oldest deadline first.
+pub fn pending_rollbacks() -> Result<Vec<Rollback>, ApplyError> {
+    let dir = dir();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(state_error("read", &dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("rollback-") && name.ends_with(".json") {
+            if let Some(r) = read_json::<Rollback>(&entry.path())? {
+                out.push(r);
+            }
+        }
+    }
+    out.sort_by_key(|r| r.deadline);
+    Ok(out)
+}
+
+/// Takes a pending rollback for execution. `None` if it was confirmed or
+/// superseded meanwhile (someone else removed or claimed the file).
+pub fn claim_rollback(token: &str) -> Result<Option<Rollback>, ApplyError> {
+    let from = rollback_path(token);
+    let to = dir().join(format!("rolling-{token}.json"));
+    match std::fs::rename(&from, &to) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(state_error("claim", &from, e)),
+    }
+    let rollback = read_json(&to)?;
+    let _ = std::fs::remove_file(&to);
+    Ok(rollback)
+}
+
+/// Cancels every pending rollback (confirm, or a newer apply); returns them.
+pub fn cancel_rollbacks() -> Result<Vec<Rollback>, ApplyError> {
+    let mut cancelled = Vec::new();
+    for r in pending_rollbacks()? {
+        if let Some(r) = claim_rollback(&r.token)? {
+            cancelled.push(r);
+        }
+    }
+    Ok(cancelled)
+}
+
+/// Unix time now, in seconds.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Whether a snapshot belongs to `backend`.
+pub fn snapshot_backend(snapshot: &Snapshot) -> Backend {
+    match snapshot {
+        Snapshot::Nft { .. } => Backend::Nft,
+        Snapshot::Iptables { .. } => Backend::Iptables,
+    }
+}

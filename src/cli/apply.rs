@@ -1,0 +1,161 @@
+//! `egressc apply`, `egressc confirm`, and the detached worker behind `--confirm`.
+//!
+//! apply resolves and compiles first (nothing touches the kernel until the new
+//! rules exist in full), snapshots egressc's current state, loads the rules, reads
+//! them back, and records what it applied. With `--confirm N` it leaves a rollback
+//! behind: a detached process (its own session, so closing the terminal does not
+//! kill it) restores the snapshot after N seconds unless `egressc confirm` comes.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::anyhow;
+use egressc::apply::{self, state};
+use egressc::ir::lower;
+
+use super::{BackendArg, Failure, SourceArgs, load_policy, resolution};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The policy file.
+    policy: PathBuf,
+    /// How to load the rules.
+    #[arg(long, value_enum, default_value_t)]
+    backend: BackendArg,
+    /// Roll back unless `egressc confirm` comes within this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    confirm: Option<u64>,
+    #[command(flatten)]
+    source: SourceArgs,
+}
+
+pub fn run(args: Args) -> Result<ExitCode, Failure> {
+    let backend = args.backend.backend();
+    let loaded = load_policy(&args.policy, args.backend.target())?;
+    let resolution = resolution(&args.policy, &loaded, &args.source)?;
+    let ruleset = lower::lower(&loaded.policy, &resolution).map_err(Failure::operational)?;
+    let script = egressc::backend::nft::render(&ruleset).map_err(Failure::operational)?;
+
+    // An unconfirmed earlier apply: the rollback target stays the state before it.
+    let pending = state::pending_rollbacks().map_err(Failure::operational)?;
+    if let Some(p) = pending
+        .iter()
+        .find(|p| state::snapshot_backend(&p.snapshot) != backend)
+    {
+        return Err(Failure::operational(anyhow!(
+            "a rollback for the {} backend is pending; run `egressc confirm` (or wait for the rollback) before applying through another backend",
+            state::snapshot_backend(&p.snapshot)
+        )));
+    }
+    let before = apply::snapshot(backend).map_err(Failure::operational)?;
+    let previous = state::read_applied().map_err(Failure::operational)?;
+    let previous_script = state::read_applied_script().map_err(Failure::operational)?;
+
+    apply::apply(backend, &ruleset, &before).map_err(Failure::operational)?;
+
+    let record = state::Applied {
+        policy_path: std::fs::canonicalize(&args.policy)
+            .unwrap_or_else(|_| args.policy.clone())
+            .display()
+            .to_string(),
+        policy_sha256: loaded.policy.source_hash.clone(),
+        applied_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        backend,
+        resolution,
+    };
+    state::write_applied(Some(&record), Some(&script)).map_err(Failure::operational)?;
+    // This apply supersedes pending rollbacks (their worker finds nothing to do).
+    let cancelled = state::cancel_rollbacks().map_err(Failure::operational)?;
+
+    let elements: usize = ruleset.sets.iter().map(|s| s.elements.len()).sum();
+    eprintln!(
+        "applied {} through {backend}: {} rules, {elements} set elements",
+        loaded.file,
+        ruleset.output.len() + ruleset.deny.len()
+    );
+    if let Some(seconds) = args.confirm {
+        let (snapshot, previous, previous_script) = match cancelled.into_iter().next() {
+            Some(oldest) => (oldest.snapshot, oldest.previous, oldest.previous_script),
+            None => (before, previous, previous_script),
+        };
+        let token = format!("{}-{}", state::now(), std::process::id());
+        state::write_rollback(&state::Rollback {
+            token: token.clone(),
+            deadline: state::now() + seconds,
+            snapshot,
+            previous,
+            previous_script,
+        })
+        .map_err(Failure::operational)?;
+        spawn_rollback_worker(&token)?;
+        eprintln!(
+            "run `egressc confirm` within {seconds} s to keep these rules; otherwise the previous state comes back"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts `egressc rollback-worker TOKEN` in a new session, detached from this
+/// terminal, and does not wait for it.
+fn spawn_rollback_worker(token: &str) -> Result<(), Failure> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().map_err(Failure::operational)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state::dir().join("rollback.log"))
+        .map_err(Failure::operational)?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["rollback-worker", token])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe and touches no memory of this process.
+    // A new session has no controlling terminal, so a hangup does not reach it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    // The worker outlives this process on purpose; init reaps it.
+    #[allow(clippy::zombie_processes)]
+    cmd.spawn().map_err(Failure::operational)?;
+    Ok(())
+}
+
+/// `egressc rollback-worker TOKEN` (internal): wait for the deadline, then
+/// restore the snapshot unless the rollback was confirmed or superseded.
+pub fn rollback_worker(token: &str) -> Result<ExitCode, Failure> {
+    let pending = state::pending_rollbacks().map_err(Failure::operational)?;
+    let Some(rollback) = pending.into_iter().find(|r| r.token == token) else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let wait = rollback.deadline.saturating_sub(state::now());
+    std::thread::sleep(Duration::from_secs(wait));
+    let Some(rollback) = state::claim_rollback(token).map_err(Failure::operational)? else {
+        return Ok(ExitCode::SUCCESS); // confirmed or superseded meanwhile
+    };
+    apply::restore(&rollback.snapshot).map_err(Failure::operational)?;
+    state::write_applied(
+        rollback.previous.as_ref(),
+        rollback.previous_script.as_deref(),
+    )
+    .map_err(Failure::operational)?;
+    eprintln!("egressc: not confirmed in time: previous state restored (rollback {token})");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `egressc confirm`: keep what the last `apply --confirm` loaded.
+pub fn confirm() -> Result<ExitCode, Failure> {
+    let cancelled = state::cancel_rollbacks().map_err(Failure::operational)?;
+    if cancelled.is_empty() {
+        eprintln!(
+            "egressc: nothing to confirm: no `apply --confirm` is pending (if one was, its rollback already ran; see `egressc status`)"
+        );
+        return Ok(ExitCode::from(1));
+    }
+    eprintln!("confirmed: the applied rules stay");
+    Ok(ExitCode::SUCCESS)
+}

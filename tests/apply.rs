@@ -1,0 +1,384 @@
+//! `egressc apply`, `confirm`, `status`, `diff` and `remove` against the real
+//! kernel, each test in its own network namespace with its own state directory.
+
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use support::{EGRESSC, Netns, write_file};
+
+const FINANCE: &str = "examples/home-finance-agent/policy.yaml";
+const FLEET: &str = "examples/agent-fleet/policy.yaml";
+
+/// egressc inside `ns`, with its state kept in `state`.
+fn egressc(ns: &Netns, state: &Path, args: &[&str]) -> Output {
+    ns.command(EGRESSC)
+        .env("EGRESSC_STATE_DIR", state)
+        .args(args)
+        .output()
+        .expect("run egressc")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "egressc failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn status_json(ns: &Netns, state: &Path) -> serde_json::Value {
+    let out = egressc(ns, state, &["status", "--json"]);
+    serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
+}
+
+fn ruleset(ns: &Netns) -> String {
+    ns.exec_ok("nft", &["list", "ruleset"])
+}
+
+/// Docker-like foreign state: nat and filter tables with chains and rules, and
+/// another inet table with a set.
+fn add_foreign_nft_state(ns: &Netns, dir: &Path) {
+    let foreign = write_file(
+        dir,
+        "foreign.nft",
+        "table ip nat {\n chain POSTROUTING { type nat hook postrouting priority srcnat; policy accept; oifname \"eth0\" masquerade; }\n}\n\
+         table ip filter {\n chain DOCKER-USER { return; }\n chain FORWARD { type filter hook forward priority filter; policy drop; jump DOCKER-USER; }\n}\n\
+         table inet other {\n set keep { type ipv4_addr; elements = { 192.0.2.99 }; }\n chain output { type filter hook output priority 10; policy accept; ip daddr @keep counter; }\n}\n",
+    );
+    ns.exec_ok("nft", &["-f", foreign.to_str().unwrap()]);
+}
+
+fn foreign_nft(ns: &Netns) -> Vec<String> {
+    ["ip nat", "ip filter", "inet other"]
+        .iter()
+        .map(|t| {
+            let args: Vec<&str> = ["list", "table"].into_iter().chain(t.split(' ')).collect();
+            ns.exec_ok("nft", &args)
+        })
+        .collect()
+}
+
+#[test]
+fn apply_reapply_and_remove_through_nft_touch_only_egressc() {
+    if !support::kernel_available("apply_reapply_and_remove_through_nft_touch_only_egressc") {
+        return;
+    }
+    let ns = Netns::new("apply");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    add_foreign_nft_state(&ns, dir.path());
+    let foreign = foreign_nft(&ns);
+
+    assert_eq!(status_json(&ns, &state)["applied"], false);
+    ok(egressc(
+        &ns,
+        &state,
+        &["apply", FINANCE, "--locked", "--backend", "nft"],
+    ));
+    let status = status_json(&ns, &state);
+    assert_eq!(status["applied"], true);
+    assert_eq!(status["policy"]["backend"], "nft");
+    assert_eq!(
+        status["policy"]["sha256"],
+        egressc::policy::sha256_hex(&std::fs::read(FINANCE).unwrap())
+    );
+    let size = |s: &serde_json::Value, name: &str| {
+        s["sets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == name)
+            .unwrap()["elements"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(size(&status, "allow_v4_addrs"), 3);
+    assert_eq!(size(&status, "dns_v4"), 2);
+    assert_eq!(status["rules"].as_array().unwrap().len(), 14);
+
+    // Re-apply another policy: replaced, not merged.
+    ok(egressc(&ns, &state, &["apply", FLEET, "--locked"]));
+    let listing = ns.exec_ok("nft", &["list", "table", "inet", "egressc"]);
+    assert!(listing.contains("203.0.113.6"), "{listing}");
+    assert!(
+        !listing.contains("192.0.2.10"),
+        "old addresses left behind:\n{listing}"
+    );
+    assert_eq!(foreign, foreign_nft(&ns), "foreign tables changed by apply");
+
+    ok(egressc(&ns, &state, &["remove"]));
+    assert!(!ns.exec_ok("nft", &["list", "tables"]).contains("egressc"));
+    assert_eq!(
+        foreign,
+        foreign_nft(&ns),
+        "foreign tables changed by remove"
+    );
+    assert_eq!(status_json(&ns, &state)["applied"], false);
+}
+
+#[test]
+fn apply_and_remove_through_iptables_touch_only_egressc_chains() {
+    if !support::kernel_available("apply_and_remove_through_iptables_touch_only_egressc_chains") {
+        return;
+    }
+    let ns = Netns::new("applyipt");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    for tool in ["iptables", "ip6tables"] {
+        ns.exec_ok(tool, &["-N", "DOCKER-USER"]);
+        ns.exec_ok(tool, &["-A", "DOCKER-USER", "-j", "RETURN"]);
+        ns.exec_ok(
+            tool,
+            &["-A", "OUTPUT", "-p", "tcp", "--dport", "25", "-j", "DROP"],
+        );
+        ns.exec_ok(tool, &["-t", "nat", "-N", "DOCKER"]);
+        ns.exec_ok(tool, &["-t", "nat", "-A", "OUTPUT", "-j", "DOCKER"]);
+    }
+    let foreign = || {
+        ["iptables", "ip6tables"]
+            .iter()
+            .map(|tool| {
+                let filter: String = ns
+                    .exec_ok(tool, &["-S"])
+                    .lines()
+                    .filter(|l| !l.contains("EGRESSC"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                (filter, ns.exec_ok(tool, &["-t", "nat", "-S"]))
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = foreign();
+    for policy in [FINANCE, FLEET, FINANCE] {
+        ok(egressc(
+            &ns,
+            &state,
+            &["apply", policy, "--locked", "--backend", "iptables"],
+        ));
+        for tool in ["iptables", "ip6tables"] {
+            let output = ns.exec_ok(tool, &["-S", "OUTPUT"]);
+            assert_eq!(output.matches("-j EGRESSC").count(), 1, "{tool}:\n{output}");
+        }
+    }
+    let v4 = ns.exec_ok("iptables", &["-S", "EGRESSC"]);
+    assert!(
+        v4.contains("192.0.2.10/32") && !v4.contains("203.0.113.6"),
+        "{v4}"
+    );
+    let status = status_json(&ns, &state);
+    assert_eq!(status["applied"], true);
+    assert_eq!(status["policy"]["backend"], "iptables");
+    assert_eq!(before, foreign(), "foreign chains changed by apply");
+
+    ok(egressc(&ns, &state, &["remove"]));
+    for tool in ["iptables", "ip6tables"] {
+        assert!(
+            !ns.exec_ok(tool, &["-S"]).contains("EGRESSC"),
+            "{tool} chains left behind"
+        );
+    }
+    assert_eq!(before, foreign(), "foreign chains changed by remove");
+}
+
+#[test]
+fn a_failed_apply_leaves_the_old_ruleset_byte_identical() {
+    if !support::kernel_available("a_failed_apply_leaves_the_old_ruleset_byte_identical") {
+        return;
+    }
+    let ns = Netns::new("applyfail");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    add_foreign_nft_state(&ns, dir.path());
+    ok(egressc(&ns, &state, &["apply", FINANCE, "--locked"]));
+    let before = ruleset(&ns);
+
+    // An invalid policy.
+    let invalid = write_file(
+        dir.path(),
+        "invalid.yaml",
+        "version: 1\nallow:\n  - cidr: 10.0.0.0/8\n    ports: [0]\n",
+    );
+    let out = egressc(&ns, &state, &["apply", invalid.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        before,
+        ruleset(&ns),
+        "an invalid policy changed the ruleset"
+    );
+
+    // DNS failure: the pinned resolver does not exist in this namespace.
+    let unresolvable = write_file(
+        dir.path(),
+        "dns.yaml",
+        "version: 1\ndns:\n  resolvers: [192.0.2.53]\nallow:\n  - host: api.example.com\n    ports: [443]\n",
+    );
+    let out = egressc(&ns, &state, &["apply", unresolvable.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(before, ruleset(&ns), "a DNS failure changed the ruleset");
+
+    // A stale lock.
+    let copy = write_file(
+        dir.path(),
+        "p.yaml",
+        &(std::fs::read_to_string(FINANCE).unwrap() + "# edited\n"),
+    );
+    std::fs::copy(format!("{FINANCE}.lock"), dir.path().join("p.yaml.lock")).unwrap();
+    let out = egressc(&ns, &state, &["apply", copy.to_str().unwrap(), "--locked"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(before, ruleset(&ns), "a stale lock changed the ruleset");
+    // The record still names what is really applied.
+    assert_eq!(
+        status_json(&ns, &state)["policy"]["sha256"],
+        egressc::policy::sha256_hex(&std::fs::read(FINANCE).unwrap())
+    );
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn an_unconfirmed_apply_rolls_back_even_when_its_terminal_goes_away() {
+    if !support::kernel_available(
+        "an_unconfirmed_apply_rolls_back_even_when_its_terminal_goes_away",
+    ) {
+        return;
+    }
+    let ns = Netns::new("confirm");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    ok(egressc(&ns, &state, &["apply", FINANCE, "--locked"]));
+    let before = ns.exec_ok("nft", &["list", "table", "inet", "egressc"]);
+
+    // Run apply in its own session and then hang the whole session up, as a
+    // closing terminal would: the rollback worker must survive it.
+    let script = format!(
+        "EGRESSC_STATE_DIR={} {EGRESSC} apply {FLEET} --locked --confirm 2; kill -HUP 0",
+        state.display()
+    );
+    let out = ns
+        .command("setsid")
+        .args(["--wait", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("egressc confirm"));
+    assert!(
+        ns.exec_ok("nft", &["list", "table", "inet", "egressc"])
+            .contains("203.0.113.6")
+    );
+    assert!(status_json(&ns, &state)["pending_rollback_seconds"].is_u64());
+
+    wait_for("the rollback", || {
+        ns.exec_ok("nft", &["list", "table", "inet", "egressc"]) == before
+    });
+    let status = status_json(&ns, &state);
+    assert_eq!(
+        status["policy"]["sha256"],
+        egressc::policy::sha256_hex(&std::fs::read(FINANCE).unwrap()),
+        "the record must name the restored policy"
+    );
+    assert!(status["pending_rollback_seconds"].is_null());
+    // Too late to confirm now: exit 1, and it says so.
+    let out = egressc(&ns, &state, &["confirm"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn a_confirmed_apply_stays_and_a_first_apply_rolls_back_to_nothing() {
+    if !support::kernel_available("a_confirmed_apply_stays_and_a_first_apply_rolls_back_to_nothing")
+    {
+        return;
+    }
+    let ns = Netns::new("confirmok");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // No table before: the rollback must remove it again.
+    ok(egressc(
+        &ns,
+        &state,
+        &["apply", FINANCE, "--locked", "--confirm", "1"],
+    ));
+    wait_for("the table to go", || {
+        !ns.exec_ok("nft", &["list", "tables"]).contains("egressc")
+    });
+    assert_eq!(status_json(&ns, &state)["applied"], false);
+
+    ok(egressc(
+        &ns,
+        &state,
+        &["apply", FLEET, "--locked", "--confirm", "2"],
+    ));
+    ok(egressc(&ns, &state, &["confirm"]));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        ns.exec_ok("nft", &["list", "table", "inet", "egressc"])
+            .contains("203.0.113.6")
+    );
+    assert_eq!(status_json(&ns, &state)["applied"], true);
+}
+
+#[test]
+fn diff_shows_rule_and_address_changes_and_exits_like_diff() {
+    if !support::kernel_available("diff_shows_rule_and_address_changes_and_exits_like_diff") {
+        return;
+    }
+    let ns = Netns::new("diff");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    ok(egressc(&ns, &state, &["apply", FINANCE, "--locked"]));
+    let same = egressc(&ns, &state, &["diff", FINANCE, "--locked"]);
+    assert_eq!(same.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&same.stdout), "no changes\n");
+
+    // The same policy with one address changed in its lock.
+    let policy = write_file(
+        dir.path(),
+        "p.yaml",
+        &std::fs::read_to_string(FINANCE).unwrap(),
+    );
+    let lock = std::fs::read_to_string(format!("{FINANCE}.lock"))
+        .unwrap()
+        .replace("192.0.2.11", "192.0.2.12");
+    write_file(dir.path(), "p.yaml.lock", &lock);
+    let out = egressc(&ns, &state, &["diff", policy.to_str().unwrap(), "--locked"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("api.openclaw.security\n  - 192.0.2.11\n  + 192.0.2.12"),
+        "{text}"
+    );
+    assert!(!text.contains("rules:"), "no rule changed:\n{text}");
+
+    // Another policy: rules change too.
+    let out = egressc(&ns, &state, &["diff", FLEET, "--locked"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("rules:")
+            && text.contains("+   counter log prefix \"egress-denied \" group 1"),
+        "{text}"
+    );
+    assert!(text.contains("  + 203.0.113.6"), "{text}");
+    // diff changes nothing.
+    assert!(
+        ns.exec_ok("nft", &["list", "table", "inet", "egressc"])
+            .contains("192.0.2.11")
+    );
+}
