@@ -382,3 +382,22 @@ fn diff_shows_rule_and_address_changes_and_exits_like_diff() {
             .contains("192.0.2.11")
     );
 }
+
+/// examples/systemd/lockdown.nft (loaded when the boot-time apply fails) is valid,
+/// closes egress, and a later apply replaces it.
+#[test]
+fn the_systemd_lockdown_table_loads_and_apply_replaces_it() {
+    if !support::kernel_available("the_systemd_lockdown_table_loads_and_apply_replaces_it") {
+        return;
+    }
+    let ns = Netns::new("lockdown");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    ns.exec_ok("nft", &["-f", "examples/systemd/lockdown.nft"]);
+    let table = ns.exec_ok("nft", &["list", "table", "inet", "egressc"]);
+    assert!(table.contains("policy drop;") && table.contains("lockdown"), "{table}");
+    ok(egressc(&ns, &state, &["apply", FINANCE, "--locked"]));
+    let table = ns.exec_ok("nft", &["list", "table", "inet", "egressc"]);
+    assert!(!table.contains("lockdown") && table.contains("192.0.2.10"), "{table}");
+    assert_eq!(ns.exec_ok("nft", &["list", "tables"]).matches("egressc").count(), 1);
+}
