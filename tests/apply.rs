@@ -395,9 +395,193 @@ fn the_systemd_lockdown_table_loads_and_apply_replaces_it() {
     let state = dir.path().join("state");
     ns.exec_ok("nft", &["-f", "examples/systemd/lockdown.nft"]);
     let table = ns.exec_ok("nft", &["list", "table", "inet", "egressc"]);
-    assert!(table.contains("policy drop;") && table.contains("lockdown"), "{table}");
+    assert!(
+        table.contains("policy drop;") && table.contains("lockdown"),
+        "{table}"
+    );
     ok(egressc(&ns, &state, &["apply", FINANCE, "--locked"]));
     let table = ns.exec_ok("nft", &["list", "table", "inet", "egressc"]);
-    assert!(!table.contains("lockdown") && table.contains("192.0.2.10"), "{table}");
-    assert_eq!(ns.exec_ok("nft", &["list", "tables"]).matches("egressc").count(), 1);
+    assert!(
+        !table.contains("lockdown") && table.contains("192.0.2.10"),
+        "{table}"
+    );
+    assert_eq!(
+        ns.exec_ok("nft", &["list", "tables"])
+            .matches("egressc")
+            .count(),
+        1
+    );
+}
+
+/// Writes an executable script `name` into `dir`.
+fn wrapper(dir: &Path, name: &str, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = write_file(dir, name, &format!("#!/bin/sh\n{body}"));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn which(program: &str) -> String {
+    support::run_ok("sh", &["-c", &format!("command -v {program}")])
+        .trim()
+        .to_string()
+}
+
+/// egressc with `bin` first on its PATH (to put a fault-injecting wrapper in
+/// front of a real tool).
+fn egressc_with_path(ns: &Netns, state: &Path, bin: &Path, args: &[&str]) -> Output {
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    ns.command(EGRESSC)
+        .env("EGRESSC_STATE_DIR", state)
+        .env("PATH", path)
+        .args(args)
+        .output()
+        .expect("run egressc")
+}
+
+/// Killing egressc at any moment of an apply leaves the old table or the new one,
+/// never a mix and never none: nft gets a complete file or does not run, and its
+/// transaction is atomic.
+#[test]
+fn sigkill_at_any_moment_leaves_the_old_or_the_new_table() {
+    if !support::kernel_available("sigkill_at_any_moment_leaves_the_old_or_the_new_table") {
+        return;
+    }
+    let ns = Netns::new("sigkill");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let table = || ns.exec_ok("nft", &["list", "table", "inet", "egressc"]);
+    // Reference listings (no traffic in this namespace: counters stay 0).
+    ok(egressc(&ns, &state, &["apply", FLEET, "--locked"]));
+    let fleet = table();
+    ok(egressc(&ns, &state, &["apply", FINANCE, "--locked"]));
+    let finance = table();
+    let (mut old_seen, mut new_seen) = (0, 0);
+    for round in 0..24u64 {
+        let (target, other) = if round % 2 == 0 {
+            (FLEET, &finance)
+        } else {
+            (FINANCE, &fleet)
+        };
+        let before = table();
+        let mut child = ns
+            .command(EGRESSC)
+            .env("EGRESSC_STATE_DIR", &state)
+            .args(["apply", target, "--locked"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Spread the kill over the whole apply (a debug build takes ~20-60 ms).
+        std::thread::sleep(Duration::from_micros((round * 7919) % 60_000));
+        let _ = child.kill();
+        let _ = child.wait();
+        // nft may still be finishing its (atomic) transaction.
+        std::thread::sleep(Duration::from_millis(100));
+        let after = table();
+        let expected_new = if target == FLEET { &fleet } else { &finance };
+        assert!(
+            after == before || &after == expected_new,
+            "round {round}: the table is neither the old nor the new one:\n{after}"
+        );
+        if &after == expected_new && &before == other {
+            new_seen += 1;
+        } else {
+            old_seen += 1;
+        }
+    }
+    eprintln!("sigkill: {old_seen} rounds kept the old table, {new_seen} got the new one");
+}
+
+/// The kernel rejecting the transaction (a wrapper appends overlapping interval
+/// elements, which nf_tables refuses) leaves the old ruleset byte-identical.
+#[test]
+fn a_kernel_rejection_leaves_the_old_ruleset_byte_identical() {
+    if !support::kernel_available("a_kernel_rejection_leaves_the_old_ruleset_byte_identical") {
+        return;
+    }
+    let ns = Netns::new("reject");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    add_foreign_nft_state(&ns, dir.path());
+    ok(egressc(&ns, &state, &["apply", FINANCE, "--locked"]));
+    let before = ruleset(&ns);
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let real = which("nft");
+    wrapper(
+        &bin,
+        "nft",
+        &format!(
+            "if [ \"$1\" = -f ]; then\n  cp \"$2\" \"$2.bad\"\n  echo 'add element inet egressc allow_v4_nets {{ 10.0.0.0/8 . tcp . 1-100, 10.0.0.0/8 . tcp . 50-60 }}' >> \"$2.bad\"\n  exec {real} -f \"$2.bad\"\nfi\nexec {real} \"$@\"\n"
+        ),
+    );
+    let out = egressc_with_path(&ns, &state, &bin, &["apply", FLEET, "--locked"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("File exists"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        before,
+        ruleset(&ns),
+        "a rejected transaction changed the ruleset"
+    );
+}
+
+/// iptables loads two families with two commands. If the IPv6 load fails after
+/// the IPv4 one succeeded, IPv4 is restored: the families never disagree.
+#[test]
+fn a_failed_ipv6_load_restores_ipv4_so_the_families_agree() {
+    if !support::kernel_available("a_failed_ipv6_load_restores_ipv4_so_the_families_agree") {
+        return;
+    }
+    let ns = Netns::new("halfipt");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    ok(egressc(
+        &ns,
+        &state,
+        &["apply", FINANCE, "--locked", "--backend", "iptables"],
+    ));
+    let chains = || {
+        ["iptables", "ip6tables"]
+            .map(|t| ns.exec_ok(t, &["-S", "EGRESSC"]))
+            .join("\n")
+    };
+    let before = chains();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let real = which("ip6tables-restore");
+    // Fails the real (not --test) load of the new IPv6 rules only.
+    wrapper(
+        &bin,
+        "ip6tables-restore",
+        &format!(
+            "for last; do :; done\ncase \" $* \" in *\" --test \"*) exec {real} \"$@\";; esac\nif grep -q '2001:db8:6::6' \"$last\"; then echo 'injected failure' >&2; exit 1; fi\nexec {real} \"$@\"\n"
+        ),
+    );
+    let out = egressc_with_path(
+        &ns,
+        &state,
+        &bin,
+        &["apply", FLEET, "--locked", "--backend", "iptables"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("injected failure"));
+    assert_eq!(before, chains(), "the families were left disagreeing");
 }

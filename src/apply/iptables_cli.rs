@@ -1,7 +1,7 @@
 //! Applying through iptables-restore and ip6tables-restore: egressc's own chains,
 //! one jump from OUTPUT, nothing else touched.
 
-use super::{ApplyError, Snapshot, run_tool};
+use super::{ApplyError, Snapshot, run_tool, run_tool_on};
 use crate::backend::iptables;
 use crate::ir::{self, Ruleset};
 
@@ -46,10 +46,10 @@ pub fn apply(ruleset: &Ruleset, _before: &Snapshot) -> Result<(), ApplyError> {
     let texts = [Family::V4, Family::V6].map(|f| iptables::render(ruleset, f.ir()).map(|t| (f, t)));
     let texts: Vec<(Family, String)> = texts.into_iter().collect::<Result<_, _>>()?;
     for (family, text) in &texts {
-        run_tool(family.restore(), &["--test", "--noflush"], Some(text))?;
+        run_tool_on(family.restore(), &["--test", "--noflush"], text)?;
     }
     for (family, text) in &texts {
-        run_tool(family.restore(), &["--noflush"], Some(text))?;
+        run_tool_on(family.restore(), &["--noflush"], text)?;
         hook(*family)?;
     }
     for (family, text) in &texts {
@@ -60,8 +60,8 @@ pub fn apply(ruleset: &Ruleset, _before: &Snapshot) -> Result<(), ApplyError> {
 
 /// Adds the jump from OUTPUT unless it is there already.
 fn hook(family: Family) -> Result<(), ApplyError> {
-    if run_tool(family.tool(), &["-C", "OUTPUT", "-j", CHAINS[0]], None).is_err() {
-        run_tool(family.tool(), &["-I", "OUTPUT", "1", "-j", CHAINS[0]], None)?;
+    if run_tool(family.tool(), &["-C", "OUTPUT", "-j", CHAINS[0]]).is_err() {
+        run_tool(family.tool(), &["-I", "OUTPUT", "1", "-j", CHAINS[0]])?;
     }
     Ok(())
 }
@@ -69,7 +69,7 @@ fn hook(family: Family) -> Result<(), ApplyError> {
 /// egressc's rule lines (`-A EGRESSC…`) from iptables-save, or `None` when the
 /// chains do not exist.
 pub fn save_chains(family: Family) -> Result<Option<Vec<String>>, ApplyError> {
-    let saved = run_tool(family.save(), &["-t", "filter"], None)?;
+    let saved = run_tool(family.save(), &["-t", "filter"])?;
     if !saved
         .lines()
         .any(|l| l.starts_with(&format!(":{} ", CHAINS[0])))
@@ -96,7 +96,7 @@ pub struct CountedRule {
 
 /// egressc's rules with their counters, or `None` when the chains do not exist.
 pub fn save_counted(family: Family) -> Result<Option<Vec<CountedRule>>, ApplyError> {
-    let saved = run_tool(family.save(), &["-c", "-t", "filter"], None)?;
+    let saved = run_tool(family.save(), &["-c", "-t", "filter"])?;
     if !saved
         .lines()
         .any(|l| l.starts_with(&format!(":{} ", CHAINS[0])))
@@ -144,7 +144,7 @@ pub fn restore(family: Family, lines: Option<&[String]>) -> Result<(), ApplyErro
                 text.push('\n');
             }
             text.push_str("COMMIT\n");
-            run_tool(family.restore(), &["--noflush"], Some(&text))?;
+            run_tool_on(family.restore(), &["--noflush"], &text)?;
             hook(family)
         }
         None => remove(family).map(|_| ()),
@@ -158,14 +158,14 @@ pub fn remove(family: Family) -> Result<bool, ApplyError> {
     }
     let tool = family.tool();
     // Unhook first: from then on nothing reaches the chains being deleted.
-    while run_tool(tool, &["-C", "OUTPUT", "-j", CHAINS[0]], None).is_ok() {
-        run_tool(tool, &["-D", "OUTPUT", "-j", CHAINS[0]], None)?;
+    while run_tool(tool, &["-C", "OUTPUT", "-j", CHAINS[0]]).is_ok() {
+        run_tool(tool, &["-D", "OUTPUT", "-j", CHAINS[0]])?;
     }
     for chain in CHAINS {
-        run_tool(tool, &["-F", chain], None)?;
+        run_tool(tool, &["-F", chain])?;
     }
     for chain in CHAINS {
-        run_tool(tool, &["-X", chain], None)?;
+        run_tool(tool, &["-X", chain])?;
     }
     Ok(true)
 }
@@ -198,7 +198,7 @@ fn verify(family: Family, text: &str) -> Result<(), ApplyError> {
             want.len()
         )));
     }
-    let output = run_tool(family.tool(), &["-S", "OUTPUT"], None)?;
+    let output = run_tool(family.tool(), &["-S", "OUTPUT"])?;
     let jumps = output
         .lines()
         .filter(|l| l.ends_with(&format!("-j {}", CHAINS[0])))

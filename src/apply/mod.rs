@@ -132,36 +132,14 @@ pub fn remove(backend: Backend) -> Result<bool, ApplyError> {
     }
 }
 
-/// Runs a command with `input` on stdin; its stdout, or a `Tool` error with stderr.
-pub(crate) fn run_tool(
-    program: &str,
-    args: &[&str],
-    input: Option<&str>,
-) -> Result<String, ApplyError> {
-    use std::io::Write;
+/// Runs a command; its stdout, or a `Tool` error with its stderr.
+pub(crate) fn run_tool(program: &str, args: &[&str]) -> Result<String, ApplyError> {
     use std::process::{Command, Stdio};
     let command = format!("{program} {}", args.join(" "));
-    let mut child = Command::new(program)
+    let out = Command::new(program)
         .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| ApplyError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    if let Some(input) = input {
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        // A write error shows up as the tool's failure below.
-        let _ = stdin.write_all(input.as_bytes());
-    }
-    let out = child
-        .wait_with_output()
+        .stdin(Stdio::null())
+        .output()
         .map_err(|source| ApplyError::Spawn {
             command: command.clone(),
             source,
@@ -173,4 +151,36 @@ pub(crate) fn run_tool(
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `program args… FILE` where FILE holds `text`, complete and synced before
+/// the tool starts.
+///
+/// Never a pipe: if egressc were killed while writing into the tool's stdin, the
+/// tool would read a truncated script, and a script cut right after `delete table
+/// inet egressc` is valid nft — it would remove the firewall. A file is either
+/// complete or the tool never runs.
+pub(crate) fn run_tool_on(program: &str, args: &[&str], text: &str) -> Result<String, ApplyError> {
+    use std::io::Write;
+    let dir = state::dir();
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ApplyError::State(format!("cannot create {}: {e}", dir.display())))?;
+    let path = dir.join(format!("input-{}-{program}.txt", std::process::id()));
+    let written = std::fs::File::create(&path).and_then(|mut f| {
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&path);
+        return Err(ApplyError::State(format!(
+            "cannot write {}: {e}",
+            path.display()
+        )));
+    }
+    let path_text = path.display().to_string();
+    let mut full: Vec<&str> = args.to_vec();
+    full.push(&path_text);
+    let result = run_tool(program, &full);
+    let _ = std::fs::remove_file(&path);
+    result
 }

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{ApplyError, run_tool};
+use super::{ApplyError, run_tool, run_tool_on};
 use crate::backend::nft;
 use crate::ir::{ChainId, Ruleset};
 
@@ -13,7 +13,7 @@ const TABLE: &str = "egressc";
 /// Renders and loads the ruleset (`nft -f -`), then reads it back.
 pub fn apply(ruleset: &Ruleset) -> Result<(), ApplyError> {
     let script = nft::render(ruleset)?;
-    run_tool("nft", &["-f", "-"], Some(&script))?;
+    run_tool_on("nft", &["-f"], &script)?;
     verify(ruleset)
 }
 
@@ -22,12 +22,12 @@ pub fn list_table() -> Result<Option<String>, ApplyError> {
     if !exists()? {
         return Ok(None);
     }
-    run_tool("nft", &["list", "table", FAMILY, TABLE], None).map(Some)
+    run_tool("nft", &["list", "table", FAMILY, TABLE]).map(Some)
 }
 
 /// Whether `table inet egressc` exists.
 pub fn exists() -> Result<bool, ApplyError> {
-    let tables = run_tool("nft", &["list", "tables", FAMILY], None)?;
+    let tables = run_tool("nft", &["list", "tables", FAMILY])?;
     Ok(tables
         .lines()
         .any(|l| l.trim() == format!("table {FAMILY} {TABLE}")))
@@ -40,7 +40,7 @@ pub fn restore(table: Option<&str>) -> Result<(), ApplyError> {
         // current table in the same transaction.
         Some(text) => {
             let script = format!("table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n{text}");
-            run_tool("nft", &["-f", "-"], Some(&script)).map(|_| ())
+            run_tool_on("nft", &["-f"], &script).map(|_| ())
         }
         None => remove().map(|_| ()),
     }
@@ -51,13 +51,13 @@ pub fn remove() -> Result<bool, ApplyError> {
     if !exists()? {
         return Ok(false);
     }
-    run_tool("nft", &["delete", "table", FAMILY, TABLE], None)?;
+    run_tool("nft", &["delete", "table", FAMILY, TABLE])?;
     Ok(true)
 }
 
 /// The table as nft's JSON listing.
 pub fn list_json() -> Result<Value, ApplyError> {
-    let text = run_tool("nft", &["-j", "list", "table", FAMILY, TABLE], None)?;
+    let text = run_tool("nft", &["-j", "list", "table", FAMILY, TABLE])?;
     serde_json::from_str(&text).map_err(|e| ApplyError::Listing(e.to_string()))
 }
 
