@@ -9,57 +9,12 @@
 
 mod common;
 
-use std::fmt::Write as _;
-use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
 use common::{measure, median, ms};
 
 const EGRESSC: &str = env!("CARGO_BIN_EXE_egressc");
 const RUNS: usize = 7;
-const ADDRESSES_PER_HOST: usize = 1000;
-
-/// Writes a policy with N/1000 hosts and a lock giving each host 1000 addresses.
-fn fixture(dir: &std::path::Path, addresses: usize) -> std::path::PathBuf {
-    let hosts = addresses / ADDRESSES_PER_HOST;
-    let mut policy = String::from(
-        "version: 1\nname: bench\ndefault: deny\ndns:\n  resolvers: [127.0.0.1]\nallow:\n",
-    );
-    for h in 0..hosts {
-        writeln!(policy, "  - host: h{h}.bench.test\n    ports: [443]").unwrap();
-    }
-    let path = dir.join(format!("bench-{addresses}.yaml"));
-    std::fs::write(&path, &policy).unwrap();
-    let mut lock = format!(
-        "{{\"lock_format\":1,\"policy_sha256\":\"{}\",\"resolved_at\":\"2026-01-01T00:00:00Z\",\"resolvers\":[\"127.0.0.1\"],\"port\":53,\"hosts\":{{",
-        egressc::policy::sha256_hex(policy.as_bytes())
-    );
-    let base = u32::from(Ipv4Addr::new(10, 0, 0, 0));
-    for h in 0..hosts {
-        if h > 0 {
-            lock.push(',');
-        }
-        write!(lock, "\"h{h}.bench.test\":{{\"addresses\":[").unwrap();
-        for a in 0..ADDRESSES_PER_HOST {
-            let n = (h * ADDRESSES_PER_HOST + a) as u32;
-            if a > 0 {
-                lock.push(',');
-            }
-            // Spread out so nothing aggregates: one hash-set element per address.
-            write!(
-                lock,
-                "{{\"addr\":\"{}\",\"ttl\":300}}",
-                Ipv4Addr::from(base + n * 3 + 1)
-            )
-            .unwrap();
-        }
-        lock.push_str("]}");
-    }
-    lock.push_str("}}\n");
-    std::fs::write(dir.join(format!("bench-{addresses}.yaml.lock")), lock).unwrap();
-    path
-}
-
 fn main() {
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("render bench: needs root for `nft -c` (it checks against the kernel)");
@@ -74,7 +29,7 @@ fn main() {
         "addresses", "egressc ms", "egressc KiB", "nft -c ms", "nft KiB", "ratio"
     );
     for addresses in [1_000, 10_000, 100_000] {
-        let policy = fixture(dir.path(), addresses);
+        let policy = common::fixture(dir.path(), addresses, "");
         let out = dir.path().join(format!("bench-{addresses}.nft"));
         let mut render = Command::new(EGRESSC);
         render
