@@ -26,17 +26,48 @@ pub fn unique(tag: &str) -> String {
     )
 }
 
-/// Whether tests that need the kernel (root, namespaces, nftables) can run.
-/// In CI (CI=true) they must: this panics instead of skipping.
+/// Whether this test should run its kernel part here (root, namespaces, nftables).
+///
+/// * root: yes.
+/// * not root, but unprivileged user namespaces work: the test runs itself again
+///   as root inside a private user + network + mount namespace (a tmpfs on /run
+///   so `ip netns` works), asserts that run passed, and returns false here.
+/// * neither: in CI (CI=true) that is a failure; elsewhere a visible notice.
 pub fn kernel_available(test: &str) -> bool {
-    let root = unsafe { libc::geteuid() } == 0;
-    if root {
+    if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: kernel tests must run in CI, but this is not root");
+    let userns = Command::new("unshare")
+        .args(["-Urnm", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if userns {
+        let exe = std::env::current_exe().expect("test binary path");
+        let out = Command::new("unshare")
+            .args(["-Urnm", "--propagation", "private", "sh", "-c"])
+            .arg("mount -t tmpfs tmpfs /run && exec \"$0\" --exact \"$1\" --nocapture --test-threads 1")
+            .arg(exe)
+            .arg(test)
+            .output()
+            .expect("run unshare");
+        assert!(
+            out.status.success(),
+            "{test} failed inside an unprivileged user namespace:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ran = String::from_utf8_lossy(&out.stdout).contains("1 passed");
+        assert!(ran, "{test} did not run inside the user namespace");
+        eprintln!("NOTICE: {test} ran as root inside an unprivileged user namespace");
+        return false;
     }
-    eprintln!("NOTICE: {test} skipped: needs root for network namespaces and nftables");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "{test}: kernel tests must run in CI, but this is neither root nor allowed unprivileged user namespaces"
+        );
+    }
+    eprintln!("NOTICE: {test} skipped: needs root or unprivileged user namespaces");
     false
 }
 
