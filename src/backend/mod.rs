@@ -6,6 +6,8 @@
 //! by [`template`].
 
 pub mod iptables;
+#[cfg(feature = "netlink")]
+pub mod netlink;
 pub mod nft;
 pub mod template;
 

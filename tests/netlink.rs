@@ -1,0 +1,387 @@
+//! The netlink backend against the kernel: every test runs in a fresh network
+//! namespace, on a thread that entered it, so the netlink socket lives there.
+//!
+//! The yardstick is nft itself: after `netlink::apply` the kernel must list
+//! table inet egressc exactly as after `nft -f` of the rendered script
+//! (`nft -j list table inet egressc`, handles removed).
+#![cfg(feature = "netlink")]
+
+mod support;
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use egressc::backend::netlink::{self, NetlinkError};
+use egressc::ir::{Element, Origin, Ruleset, SetKind};
+use egressc::policy::model::{DefaultAction, PortRange};
+use support::{Netns, write_file};
+
+fn examples() -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("examples")
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.ok()?.path().join("policy.yaml");
+            p.exists().then_some(p)
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The ruleset of a policy with its committed lock (what `render --locked` uses).
+fn ruleset(policy: &Path) -> Ruleset {
+    let loaded = egressc::policy::load(policy, Default::default()).expect("policy loads");
+    let mut lock = policy.as_os_str().to_owned();
+    lock.push(".lock");
+    let resolution =
+        egressc::resolve::lock::read(Path::new(&lock), policy, &loaded.policy).expect("lock reads");
+    egressc::ir::lower::lower(&loaded.policy, &resolution).expect("lowers")
+}
+
+fn nft_script(ruleset: &Ruleset, dir: &Path, name: &str) -> PathBuf {
+    let text = egressc::backend::nft::render(ruleset).expect("renders");
+    write_file(dir, name, &text)
+}
+
+/// Removes every "handle" key and the metainfo object: what differs between two
+/// loads of the same ruleset.
+fn strip(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            map.remove("handle");
+            // A large hash set is listed by walking an rhashtable the kernel may
+            // still be resizing, which can repeat elements; and hash order means
+            // nothing. Compare the elements as a set.
+            if let Some(serde_json::Value::Array(elems)) = map.get_mut("elem") {
+                elems.sort_by_key(|e| e.to_string());
+                elems.dedup();
+            }
+            map.values_mut().for_each(strip);
+        }
+        serde_json::Value::Array(items) => {
+            items.retain(|i| i.get("metainfo").is_none());
+            items.iter_mut().for_each(strip);
+        }
+        _ => {}
+    }
+}
+
+fn listing(ns: &Netns) -> serde_json::Value {
+    let out = ns.exec_ok("nft", &["-j", "list", "table", "inet", "egressc"]);
+    let mut v: serde_json::Value = serde_json::from_str(&out).expect("nft -j output");
+    strip(&mut v);
+    v
+}
+
+fn apply_in(ns: &Netns, ruleset: &Ruleset) -> Result<netlink::Applied, String> {
+    let r = ruleset.clone();
+    ns.run(move || netlink::apply(&r).map_err(|e| error_chain(&e)))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        write!(text, ": {s}").unwrap();
+        source = s.source();
+    }
+    text
+}
+
+/// Loads `ruleset` with nft -f and with netlink::apply, in two fresh namespaces,
+/// and asserts both list the same.
+fn assert_same_as_nft(ruleset: &Ruleset, dir: &Path, label: &str) -> std::time::Duration {
+    let by_nft = Netns::new("nlnft");
+    let script = nft_script(ruleset, dir, &format!("{label}.nft"));
+    by_nft.exec_ok("nft", &["-f", script.to_str().unwrap()]);
+    let by_netlink = Netns::new("nlapi");
+    let start = Instant::now();
+    let applied = apply_in(&by_netlink, ruleset).unwrap_or_else(|e| panic!("{label}: {e}"));
+    let took = start.elapsed();
+    eprintln!("{label}: {applied:?}");
+    let (want, got) = (listing(&by_nft), listing(&by_netlink));
+    if want != got {
+        let w = serde_json::to_string_pretty(&want).unwrap();
+        let g = serde_json::to_string_pretty(&got).unwrap();
+        let first = w
+            .lines()
+            .zip(g.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        panic!(
+            "{label}: netlink state differs from nft -f at line {first}:\nnft:     {}\nnetlink: {}\n(nft listing has {} lines, netlink {})",
+            w.lines().nth(first).unwrap_or(""),
+            g.lines().nth(first).unwrap_or(""),
+            w.lines().count(),
+            g.lines().count()
+        );
+    }
+    took
+}
+
+#[test]
+fn every_example_applies_exactly_like_nft_f() {
+    if !support::kernel_available("every_example_applies_exactly_like_nft_f") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for policy in examples() {
+        let mut rs = ruleset(&policy);
+        let label = policy
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert_same_as_nft(&rs, dir.path(), label);
+        // Audit mode: the same with policy accept.
+        rs.default = DefaultAction::Audit;
+        assert_same_as_nft(&rs, dir.path(), &format!("{label}-audit"));
+    }
+}
+
+/// A policy of `addresses` single IPv4 addresses (1,000 per host), as in
+/// benches/render.rs.
+fn big_fixture(dir: &Path, addresses: usize) -> PathBuf {
+    const PER_HOST: usize = 1000;
+    let hosts = addresses / PER_HOST;
+    let mut policy = String::from(
+        "version: 1\nname: big\ndefault: deny\ndns:\n  resolvers: [127.0.0.1]\nallow:\n",
+    );
+    for h in 0..hosts {
+        writeln!(policy, "  - host: h{h}.big.test\n    ports: [443]").unwrap();
+    }
+    let path = dir.join(format!("big-{addresses}.yaml"));
+    std::fs::write(&path, &policy).unwrap();
+    let mut lock = format!(
+        "{{\"lock_format\":1,\"policy_sha256\":\"{}\",\"resolved_at\":\"2026-01-01T00:00:00Z\",\"resolvers\":[\"127.0.0.1\"],\"port\":53,\"hosts\":{{",
+        egressc::policy::sha256_hex(policy.as_bytes())
+    );
+    let base = u32::from(Ipv4Addr::new(10, 0, 0, 0));
+    for h in 0..hosts {
+        if h > 0 {
+            lock.push(',');
+        }
+        write!(lock, "\"h{h}.big.test\":{{\"addresses\":[").unwrap();
+        for a in 0..PER_HOST {
+            if a > 0 {
+                lock.push(',');
+            }
+            let n = (h * PER_HOST + a) as u32;
+            write!(
+                lock,
+                "{{\"addr\":\"{}\",\"ttl\":300}}",
+                Ipv4Addr::from(base + n * 3 + 1)
+            )
+            .unwrap();
+        }
+        lock.push_str("]}");
+    }
+    lock.push_str("}}\n");
+    std::fs::write(dir.join(format!("big-{addresses}.yaml.lock")), lock).unwrap();
+    path
+}
+
+#[test]
+fn hundred_thousand_addresses_apply_in_one_batch_like_nft_f() {
+    if !support::kernel_available("hundred_thousand_addresses_apply_in_one_batch_like_nft_f") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let policy = big_fixture(dir.path(), 100_000);
+    let rs = ruleset(&policy);
+    let elements: usize = rs.sets.iter().map(|s| s.elements.len()).sum();
+    assert!(elements >= 100_000, "{elements}");
+    let took = assert_same_as_nft(&rs, dir.path(), "big-100k");
+    eprintln!("netlink::apply of {elements} elements (with read-back): {took:?}");
+}
+
+#[test]
+fn reapply_replaces_the_table() {
+    if !support::kernel_available("reapply_replaces_the_table") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let policies = examples();
+    let (a, b) = (ruleset(&policies[0]), ruleset(&policies[1]));
+    let ns = Netns::new("nlre");
+    apply_in(&ns, &a).unwrap();
+    apply_in(&ns, &b).unwrap();
+    let after_netlink = listing(&ns);
+    let reference = Netns::new("nlref");
+    let script = nft_script(&b, dir.path(), "b.nft");
+    reference.exec_ok("nft", &["-f", script.to_str().unwrap()]);
+    assert_eq!(
+        after_netlink,
+        listing(&reference),
+        "A then B is not exactly B"
+    );
+}
+
+const FOREIGN: &str = "table ip nat {\n chain POSTROUTING { type nat hook postrouting priority srcnat; policy accept; oifname \"eth0\" masquerade; }\n}\n\
+table ip filter {\n chain DOCKER-USER { return; }\n chain FORWARD { type filter hook forward priority filter; policy drop; jump DOCKER-USER; }\n}\n\
+table inet other {\n set keep { type ipv4_addr; elements = { 192.0.2.99 }; }\n chain output { type filter hook output priority 10; policy accept; ip daddr @keep counter; }\n}\n";
+
+fn foreign_listing(ns: &Netns) -> Vec<String> {
+    ["ip nat", "ip filter", "inet other"]
+        .iter()
+        .map(|t| {
+            let args: Vec<&str> = ["list", "table"].into_iter().chain(t.split(' ')).collect();
+            ns.exec_ok("nft", &args)
+        })
+        .collect()
+}
+
+#[test]
+fn foreign_tables_stay_byte_identical_across_apply_reapply_and_remove() {
+    if !support::kernel_available(
+        "foreign_tables_stay_byte_identical_across_apply_reapply_and_remove",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Netns::new("nlforeign");
+    let foreign = write_file(dir.path(), "foreign.nft", FOREIGN);
+    ns.exec_ok("nft", &["-f", foreign.to_str().unwrap()]);
+    let before = foreign_listing(&ns);
+    let policies = examples();
+    let (a, b) = (ruleset(&policies[0]), ruleset(&policies[1]));
+
+    assert!(!ns.run(|| netlink::table_exists().unwrap()));
+    apply_in(&ns, &a).unwrap();
+    assert_eq!(before, foreign_listing(&ns), "after apply");
+    apply_in(&ns, &b).unwrap();
+    assert_eq!(before, foreign_listing(&ns), "after re-apply");
+    assert!(ns.run(|| netlink::table_exists().unwrap()));
+
+    assert!(
+        ns.run(|| netlink::remove().unwrap()),
+        "remove found no table"
+    );
+    assert_eq!(before, foreign_listing(&ns), "after remove");
+    let tables = ns.exec_ok("nft", &["list", "tables"]);
+    assert!(!tables.contains("egressc"), "{tables}");
+    assert_eq!(tables.lines().count(), 3, "{tables}");
+    assert!(
+        !ns.run(|| netlink::remove().unwrap()),
+        "second remove found a table"
+    );
+    assert!(!ns.run(|| netlink::table_exists().unwrap()));
+}
+
+/// A ruleset whose first interval set gets an element overlapping another: the
+/// kernel refuses overlapping intervals.
+fn with_overlap(mut rs: Ruleset) -> Ruleset {
+    let set = rs
+        .sets
+        .iter_mut()
+        .find(|s| s.kind == SetKind::Networks && !s.elements.is_empty())
+        .expect("an interval set with elements");
+    let first = set.elements[0].clone();
+    let index = rs.entries.len() - 1;
+    set.elements.push(Element {
+        net: first.net, // same network
+        protocol: first.protocol,
+        // Overlaps the first element's ports without being equal to them.
+        ports: PortRange {
+            first: first.ports.first,
+            last: first
+                .ports
+                .last
+                .saturating_add(1)
+                .max(first.ports.first + 1),
+        },
+        origins: vec![Origin::Entry(index)],
+    });
+    rs
+}
+
+#[test]
+fn rejected_batch_keeps_the_old_ruleset_and_names_the_culprit() {
+    if !support::kernel_available("rejected_batch_keeps_the_old_ruleset_and_names_the_culprit") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Netns::new("nlreject");
+    let foreign = write_file(dir.path(), "foreign.nft", FOREIGN);
+    ns.exec_ok("nft", &["-f", foreign.to_str().unwrap()]);
+    let policies = examples();
+    let ci = policies
+        .iter()
+        .find(|p| p.to_str().unwrap().contains("ci-runner"))
+        .expect("examples/ci-runner");
+    let good = ruleset(&policies[0]);
+    apply_in(&ns, &good).unwrap();
+    let before = ns.exec_ok("nft", &["list", "ruleset"]);
+
+    let bad = with_overlap(ruleset(ci));
+    let set_name = bad
+        .sets
+        .iter()
+        .find(|s| s.kind == SetKind::Networks && !s.elements.is_empty())
+        .unwrap()
+        .name;
+    let label = bad.origin_label(Origin::Entry(bad.entries.len() - 1));
+    let err = {
+        let bad = bad.clone();
+        ns.run(move || netlink::apply(&bad).unwrap_err())
+    };
+    assert!(matches!(err, NetlinkError::Rejected { .. }), "{err:?}");
+    let text = error_chain(&err);
+    eprintln!("rejected as expected: {text}");
+    assert!(
+        text.contains(set_name),
+        "error does not name the set: {text}"
+    );
+    assert!(
+        text.contains(&label),
+        "error does not name the entry {label:?}: {text}"
+    );
+    assert_eq!(
+        before,
+        ns.exec_ok("nft", &["list", "ruleset"]),
+        "a rejected batch changed the ruleset"
+    );
+}
+
+#[test]
+fn read_back_notices_a_table_that_differs_from_the_ruleset() {
+    if !support::kernel_available("read_back_notices_a_table_that_differs_from_the_ruleset") {
+        return;
+    }
+    let ns = Netns::new("nlreadback");
+    let rs = ruleset(&examples()[0]);
+    apply_in(&ns, &rs).unwrap();
+    let again = rs.clone();
+    ns.run(move || netlink::read_back(&again)).unwrap();
+    // Someone adds an element behind egressc's back.
+    let set = rs
+        .sets
+        .iter()
+        .find(|s| s.kind == SetKind::Addresses && s.name.contains("v4"))
+        .unwrap()
+        .name;
+    ns.exec_ok(
+        "nft",
+        &[
+            "add",
+            "element",
+            "inet",
+            "egressc",
+            set,
+            "{ 192.0.2.250 . tcp . 9 }",
+        ],
+    );
+    let again = rs.clone();
+    let err = ns.run(move || netlink::read_back(&again)).unwrap_err();
+    assert!(matches!(err, NetlinkError::ReadBack(_)), "{err:?}");
+    assert!(err.to_string().contains(set), "{err}");
+    // And a removed rule.
+    let mut fewer = rs.clone();
+    fewer.deny.pop();
+    let err = ns.run(move || netlink::read_back(&fewer)).unwrap_err();
+    assert!(matches!(err, NetlinkError::ReadBack(_)), "{err:?}");
+}
