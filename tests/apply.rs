@@ -496,8 +496,9 @@ fn sigkill_at_any_moment_leaves_the_old_or_the_new_table() {
     eprintln!("sigkill: {old_seen} rounds kept the old table, {new_seen} got the new one");
 }
 
-/// The kernel rejecting the transaction (a wrapper appends overlapping interval
-/// elements, which nf_tables refuses) leaves the old ruleset byte-identical.
+/// The kernel rejecting an nft transaction (a wrapper appends overlapping interval
+/// elements, which nf_tables refuses) leaves the old ruleset byte-identical. The
+/// netlink equivalent is tested in tests/netlink.rs (an invalid batch).
 #[test]
 fn a_kernel_rejection_leaves_the_old_ruleset_byte_identical() {
     if !support::kernel_available("a_kernel_rejection_leaves_the_old_ruleset_byte_identical") {
@@ -519,7 +520,12 @@ fn a_kernel_rejection_leaves_the_old_ruleset_byte_identical() {
             "if [ \"$1\" = -f ]; then\n  cp \"$2\" \"$2.bad\"\n  echo 'add element inet egressc allow_v4_nets {{ 10.0.0.0/8 . tcp . 1-100, 10.0.0.0/8 . tcp . 50-60 }}' >> \"$2.bad\"\n  exec {real} -f \"$2.bad\"\nfi\nexec {real} \"$@\"\n"
         ),
     );
-    let out = egressc_with_path(&ns, &state, &bin, &["apply", FLEET, "--locked"]);
+    let out = egressc_with_path(
+        &ns,
+        &state,
+        &bin,
+        &["apply", FLEET, "--locked", "--backend", "nft"],
+    );
     assert_eq!(
         out.status.code(),
         Some(2),

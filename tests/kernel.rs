@@ -491,9 +491,26 @@ fn e2e_policy(default: &str) -> String {
 }
 
 /// Renders the policy inside the client namespace, through the real DNS server,
-/// then loads it with the documented commands for `backend`.
+/// then loads it with the documented commands for `backend` — or, for
+/// `netlink`, with `egressc apply` itself.
 fn apply(world: &World, policy_text: &str, backend: &str) {
     let policy = write_file(world.dir.path(), &format!("{backend}.yaml"), policy_text);
+    if backend == "netlink" {
+        let out = world
+            .client
+            .command(support::EGRESSC)
+            .env("EGRESSC_STATE_DIR", world.dir.path().join("state"))
+            .args(["apply", policy.to_str().unwrap(), "--backend", "netlink"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        world.client.exec_ok("ip", &["neigh", "flush", "all"]);
+        return;
+    }
     let formats: &[&str] = if backend == "nft" {
         &["nft"]
     } else {
@@ -535,6 +552,7 @@ fn enforce_and_audit(backend: &str) {
     );
 
     apply(&world, &e2e_policy("deny"), backend);
+    let nflog = world.client.run(|| NflogListener::bind(7));
     let expected = Reach {
         other_port_v4: false,
         other_port_v6: false,
@@ -547,6 +565,12 @@ fn enforce_and_audit(backend: &str) {
         ..Reach::all(true)
     };
     assert_eq!(probe(&world), expected, "{backend}: enforce mode");
+    // The denied connections were logged to NFLOG group 7 with the policy's prefix.
+    let logged = nflog.prefixes_for(OTHER4.parse().unwrap());
+    assert!(
+        logged.iter().any(|p| p == "e2e-denied "),
+        "{backend}: no NFLOG message with the prefix for a denied connection to {OTHER4}: {logged:?}"
+    );
 
     // Audit: the same allow list, but nothing is dropped.
     apply(&world, &e2e_policy("audit"), backend);
@@ -555,6 +579,157 @@ fn enforce_and_audit(backend: &str) {
         Reach::all(true),
         "{backend}: audit mode must accept everything"
     );
+}
+
+/// A subscriber to an NFLOG group over netlink (NETLINK_NETFILTER), opened in
+/// the namespace where it is created: what a log collector in a container reads.
+struct NflogListener {
+    fd: std::os::fd::OwnedFd,
+}
+
+const NFNL_SUBSYS_ULOG: u16 = 4;
+const NFULNL_MSG_PACKET: u16 = 0;
+const NFULNL_MSG_CONFIG: u16 = 1;
+const NFULA_PAYLOAD: u16 = 9;
+const NFULA_PREFIX: u16 = 10;
+const NFULA_CFG_CMD: u16 = 1;
+const NFULNL_CFG_CMD_BIND: u8 = 1;
+
+impl NflogListener {
+    fn bind(group: u16) -> NflogListener {
+        use std::os::fd::FromRawFd;
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_NETFILTER,
+            )
+        };
+        assert!(
+            raw >= 0,
+            "netlink socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        let rc = unsafe {
+            libc::bind(
+                raw,
+                &addr as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        // nlmsghdr + nfgenmsg (family AF_UNSPEC, version 0, res_id = group, big-endian)
+        // + attribute NFULA_CFG_CMD { BIND } padded to 4 bytes.
+        let mut msg = Vec::new();
+        let len: u32 = 16 + 4 + 8;
+        msg.extend_from_slice(&len.to_ne_bytes());
+        msg.extend_from_slice(&((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG).to_ne_bytes());
+        msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+        msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
+        msg.extend_from_slice(&0u32.to_ne_bytes()); // pid
+        msg.extend_from_slice(&[0, 0]);
+        msg.extend_from_slice(&group.to_be_bytes());
+        msg.extend_from_slice(&5u16.to_ne_bytes());
+        msg.extend_from_slice(&NFULA_CFG_CMD.to_ne_bytes());
+        msg.extend_from_slice(&[NFULNL_CFG_CMD_BIND, 0, 0, 0]);
+        let sent = unsafe { libc::send(raw, msg.as_ptr() as *const libc::c_void, msg.len(), 0) };
+        assert_eq!(sent as usize, msg.len());
+        let listener = NflogListener { fd };
+        let ack = listener
+            .recv(Duration::from_secs(2))
+            .expect("NFLOG bind: no ack");
+        let error = i32::from_ne_bytes(ack[16..20].try_into().unwrap());
+        assert_eq!(error, 0, "NFLOG bind refused: errno {}", -error);
+        listener
+    }
+
+    fn recv(&self, wait: Duration) -> Option<Vec<u8>> {
+        use std::os::fd::AsRawFd;
+        let tv = libc::timeval {
+            tv_sec: wait.as_secs() as i64,
+            tv_usec: wait.subsec_micros() as i64,
+        };
+        unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+        }
+        let mut buf = vec![0u8; 65536];
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                0,
+            )
+        };
+        (n > 0).then(|| {
+            buf.truncate(n as usize);
+            buf
+        })
+    }
+
+    /// The prefixes of the logged packets (already queued) going to `dst`.
+    fn prefixes_for(&self, dst: std::net::Ipv4Addr) -> Vec<String> {
+        let mut prefixes = Vec::new();
+        while let Some(buf) = self.recv(Duration::from_millis(500)) {
+            let mut off = 0;
+            while off + 16 <= buf.len() {
+                let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
+                let kind = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
+                if len < 16 || off + len > buf.len() {
+                    break;
+                }
+                if kind == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET {
+                    let (mut prefix, mut to_dst) = (None, false);
+                    let mut a = off + 20;
+                    while a + 4 <= off + len {
+                        let alen = u16::from_ne_bytes(buf[a..a + 2].try_into().unwrap()) as usize;
+                        let atype =
+                            u16::from_ne_bytes(buf[a + 2..a + 4].try_into().unwrap()) & 0x7fff;
+                        if alen < 4 || a + alen > off + len {
+                            break;
+                        }
+                        let data = &buf[a + 4..a + alen];
+                        match atype {
+                            NFULA_PREFIX => {
+                                prefix = Some(
+                                    String::from_utf8_lossy(data)
+                                        .trim_end_matches('\0')
+                                        .to_string(),
+                                )
+                            }
+                            NFULA_PAYLOAD if data.len() >= 20 && data[0] >> 4 == 4 => {
+                                to_dst = data[16..20] == dst.octets();
+                            }
+                            _ => {}
+                        }
+                        a += (alen + 3) & !3;
+                    }
+                    if let (Some(p), true) = (prefix, to_dst) {
+                        prefixes.push(p);
+                    }
+                }
+                off += (len + 3) & !3;
+            }
+        }
+        prefixes
+    }
+}
+
+#[test]
+fn end_to_end_with_netlink() {
+    if !support::kernel_available("end_to_end_with_netlink") {
+        return;
+    }
+    enforce_and_audit("netlink");
 }
 
 #[test]

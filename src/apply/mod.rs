@@ -4,8 +4,9 @@
 //! rendering) has already happened before this stage runs, so a failure there
 //! leaves the old rules in place. Here every change is all-or-nothing:
 //!
-//! * nft: one `nft -f` transaction replaces `table inet egressc`; the kernel
-//!   rejects a bad script whole and the old table stays.
+//! * netlink (the default): one nf_tables batch, sent with one sendmsg, replaces
+//!   `table inet egressc`; the kernel commits it whole or not at all.
+//! * nft: one `nft -f` transaction does the same through the nft binary.
 //! * iptables: both families are first dry-run with `--test`; if the IPv6 load
 //!   still fails after the IPv4 one succeeded, the IPv4 state is restored from the
 //!   snapshot, so the two families never disagree.
@@ -27,6 +28,9 @@ use crate::ir::Ruleset;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
+    /// One nf_tables batch over netlink (no nft binary needed).
+    #[cfg(feature = "netlink")]
+    Netlink,
     /// The rendered nft script through `nft -f`.
     Nft,
     /// The rendered iptables/ip6tables text through `*-restore --noflush`.
@@ -36,6 +40,8 @@ pub enum Backend {
 impl std::fmt::Display for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            #[cfg(feature = "netlink")]
+            Backend::Netlink => "netlink",
             Backend::Nft => "nft",
             Backend::Iptables => "iptables",
         })
@@ -60,6 +66,9 @@ pub enum ApplyError {
     Listing(String),
     #[error("{0}")]
     State(String),
+    #[cfg(feature = "netlink")]
+    #[error(transparent)]
+    Netlink(#[from] crate::backend::netlink::NetlinkError),
 }
 
 /// egressc's kernel state before a change: enough to put it back exactly.
@@ -75,11 +84,56 @@ pub enum Snapshot {
         v4: Option<Vec<String>>,
         v6: Option<Vec<String>>,
     },
+    /// Whether the table existed and, if so, egressc's record of it (rebuilt and
+    /// re-applied over netlink to restore it), or — for a table egressc has no
+    /// record of — its `nft list` text when the nft binary is there.
+    #[cfg(feature = "netlink")]
+    Netlink {
+        present: bool,
+        previous: Option<Box<state::Applied>>,
+        listing: Option<String>,
+    },
+}
+
+impl Snapshot {
+    /// Whether [`restore`] can put this state back.
+    pub fn restorable(&self) -> bool {
+        match self {
+            #[cfg(feature = "netlink")]
+            Snapshot::Netlink {
+                present,
+                previous,
+                listing,
+            } => !present || previous.is_some() || listing.is_some(),
+            _ => true,
+        }
+    }
 }
 
 /// Reads egressc's current state for `backend`.
 pub fn snapshot(backend: Backend) -> Result<Snapshot, ApplyError> {
     match backend {
+        #[cfg(feature = "netlink")]
+        Backend::Netlink => {
+            use crate::backend::netlink;
+            let present = netlink::table_exists()?;
+            // nft and netlink build the same table, so a record from either fits.
+            let previous = if present {
+                state::read_applied()?.filter(|a| a.backend != Backend::Iptables)
+            } else {
+                None
+            };
+            let listing = if present && previous.is_none() {
+                nft_cli::list_table().ok().flatten()
+            } else {
+                None
+            };
+            Ok(Snapshot::Netlink {
+                present,
+                previous: previous.map(Box::new),
+                listing,
+            })
+        }
         Backend::Nft => Ok(Snapshot::Nft {
             table: nft_cli::list_table()?,
         }),
@@ -94,23 +148,65 @@ pub fn snapshot(backend: Backend) -> Result<Snapshot, ApplyError> {
 /// after the kernel was touched.
 pub fn apply(backend: Backend, ruleset: &Ruleset, before: &Snapshot) -> Result<(), ApplyError> {
     let result = match backend {
+        #[cfg(feature = "netlink")]
+        Backend::Netlink => crate::backend::netlink::apply(ruleset)
+            .map(|_| ())
+            .map_err(ApplyError::from),
         Backend::Nft => nft_cli::apply(ruleset),
         Backend::Iptables => iptables_cli::apply(ruleset, before),
     };
     if let Err(e) = result {
-        // nft rejects a bad script whole (nothing changed); for a read-back
-        // mismatch or a half-applied iptables load, put the old state back.
-        if !matches!(e, ApplyError::Tool { .. } if backend == Backend::Nft) {
-            restore(before)?;
+        if kernel_untouched(&e, backend) {
+            return Err(e);
+        }
+        // A read-back mismatch, a lost acknowledgement or a half-applied
+        // iptables load: put the old state back before reporting.
+        if let Err(restore_error) = restore(before) {
+            return Err(ApplyError::State(format!(
+                "{e}; restoring the previous state failed too: {restore_error}"
+            )));
         }
         return Err(e);
     }
     Ok(())
 }
 
+/// Errors after which the kernel is known to hold exactly what it held before:
+/// a transaction the kernel refused whole, or a batch that was never sent.
+fn kernel_untouched(error: &ApplyError, backend: Backend) -> bool {
+    match error {
+        ApplyError::Tool { .. } | ApplyError::Spawn { .. } => backend == Backend::Nft,
+        ApplyError::Render(_) => true,
+        #[cfg(feature = "netlink")]
+        ApplyError::Netlink(e) => {
+            use crate::backend::netlink::NetlinkError;
+            matches!(e, NetlinkError::Rejected { .. } | NetlinkError::Encode(_))
+        }
+        _ => false,
+    }
+}
+
 /// Puts a snapshot back: the old table or chains, or none if there were none.
 pub fn restore(snapshot: &Snapshot) -> Result<(), ApplyError> {
     match snapshot {
+        #[cfg(feature = "netlink")]
+        Snapshot::Netlink {
+            present,
+            previous,
+            listing,
+        } => {
+            use crate::backend::netlink;
+            match (present, previous, listing) {
+                (false, _, _) => netlink::remove().map(|_| ()).map_err(ApplyError::from),
+                (true, Some(previous), _) => netlink::apply(&previous.ruleset()?)
+                    .map(|_| ())
+                    .map_err(ApplyError::from),
+                (true, None, Some(text)) => nft_cli::restore(Some(text)),
+                (true, None, None) => Err(ApplyError::State(
+                    "cannot restore the previous table: egressc has no record of it and nft is not installed to save it".into(),
+                )),
+            }
+        }
         Snapshot::Nft { table } => nft_cli::restore(table.as_deref()),
         Snapshot::Iptables { v4, v6 } => {
             iptables_cli::restore(iptables_cli::Family::V4, v4.as_deref())?;
@@ -123,6 +219,8 @@ pub fn restore(snapshot: &Snapshot) -> Result<(), ApplyError> {
 /// nothing to remove.
 pub fn remove(backend: Backend) -> Result<bool, ApplyError> {
     match backend {
+        #[cfg(feature = "netlink")]
+        Backend::Netlink => crate::backend::netlink::remove().map_err(ApplyError::from),
         Backend::Nft => nft_cli::remove(),
         Backend::Iptables => {
             let v4 = iptables_cli::remove(iptables_cli::Family::V4)?;

@@ -23,6 +23,29 @@ pub struct Applied {
     pub applied_at: String,
     pub backend: Backend,
     pub resolution: Resolution,
+    /// The policy text, so the applied ruleset can be rebuilt exactly (lowering
+    /// is deterministic) to restore it without any tool but egressc.
+    pub policy_text: String,
+}
+
+impl Applied {
+    /// The ruleset this record describes.
+    pub fn ruleset(&self) -> Result<crate::ir::Ruleset, ApplyError> {
+        let rebuild = |e: String| {
+            ApplyError::State(format!(
+                "cannot rebuild the applied ruleset of {}: {e}",
+                self.policy_path
+            ))
+        };
+        let loaded = crate::policy::load_bytes(
+            self.policy_text.as_bytes(),
+            &self.policy_path,
+            crate::policy::TargetFormat::Nft,
+        )
+        .map_err(|e| rebuild(e.to_string()))?;
+        crate::ir::lower::lower(&loaded.policy, &self.resolution)
+            .map_err(|e| rebuild(e.to_string()))
+    }
 }
 
 /// A pending rollback.
@@ -170,5 +193,7 @@ pub fn snapshot_backend(snapshot: &Snapshot) -> Backend {
     match snapshot {
         Snapshot::Nft { .. } => Backend::Nft,
         Snapshot::Iptables { .. } => Backend::Iptables,
+        #[cfg(feature = "netlink")]
+        Snapshot::Netlink { .. } => Backend::Netlink,
     }
 }

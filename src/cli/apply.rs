@@ -49,6 +49,12 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         )));
     }
     let before = apply::snapshot(backend).map_err(Failure::operational)?;
+    if !before.restorable() {
+        // Without a way back, a failed read-back could not be undone either.
+        return Err(Failure::operational(anyhow!(
+            "table inet egressc exists but egressc has no record of it and nft is not installed to save it; remove it first (`egressc remove`) or install nft"
+        )));
+    }
     let previous = state::read_applied().map_err(Failure::operational)?;
     let previous_script = state::read_applied_script().map_err(Failure::operational)?;
 
@@ -63,6 +69,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         applied_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         backend,
         resolution,
+        policy_text: loaded.text.clone(),
     };
     state::write_applied(Some(&record), Some(&script)).map_err(Failure::operational)?;
     // This apply supersedes pending rollbacks (their worker finds nothing to do).

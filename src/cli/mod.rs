@@ -62,7 +62,7 @@ enum Command {
 
 #[derive(clap::Args)]
 pub struct RemoveArgs {
-    /// Which backend's state to remove (default: the one last applied, else nft).
+    /// Which backend's state to remove (default: the one last applied, else the default backend).
     #[arg(long, value_enum)]
     backend: Option<BackendArg>,
 }
@@ -70,8 +70,12 @@ pub struct RemoveArgs {
 /// How `apply` loads rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum BackendArg {
-    /// `nft -f` of the rendered script (one atomic transaction)
+    /// one nf_tables batch over netlink (no nft binary needed)
+    #[cfg(feature = "netlink")]
     #[default]
+    Netlink,
+    /// `nft -f` of the rendered script (one atomic transaction)
+    #[cfg_attr(not(feature = "netlink"), default)]
     Nft,
     /// iptables-restore and ip6tables-restore of the rendered texts
     Iptables,
@@ -80,6 +84,8 @@ pub enum BackendArg {
 impl BackendArg {
     fn backend(self) -> egressc::apply::Backend {
         match self {
+            #[cfg(feature = "netlink")]
+            BackendArg::Netlink => egressc::apply::Backend::Netlink,
             BackendArg::Nft => egressc::apply::Backend::Nft,
             BackendArg::Iptables => egressc::apply::Backend::Iptables,
         }
@@ -87,8 +93,8 @@ impl BackendArg {
 
     fn target(self) -> TargetFormat {
         match self {
-            BackendArg::Nft => TargetFormat::Nft,
             BackendArg::Iptables => TargetFormat::Iptables,
+            _ => TargetFormat::Nft,
         }
     }
 }
@@ -203,7 +209,7 @@ fn remove(args: RemoveArgs) -> Result<ExitCode, Failure> {
         Some(b) => b.backend(),
         None => state::read_applied()
             .map_err(Failure::operational)?
-            .map_or(apply::Backend::Nft, |a| a.backend),
+            .map_or(BackendArg::default().backend(), |a| a.backend),
     };
     state::cancel_rollbacks().map_err(Failure::operational)?;
     let removed = apply::remove(backend).map_err(Failure::operational)?;

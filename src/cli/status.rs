@@ -67,8 +67,8 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         rules: Vec::new(),
     };
     match backend {
-        Backend::Nft => read_nft(&mut status)?,
         Backend::Iptables => read_iptables(&mut status)?,
+        _ => read_nft(&mut status)?,
     }
     if args.json {
         println!(
@@ -85,12 +85,28 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     })
 }
 
+/// Whether the table exists, and its counters and set sizes (those through
+/// nft's JSON listing; without the nft binary, only whether it exists).
 fn read_nft(status: &mut Status) -> Result<(), Failure> {
-    if !nft_cli::exists().map_err(Failure::operational)? {
+    #[cfg(feature = "netlink")]
+    {
+        status.applied = egressc::backend::netlink::table_exists().map_err(Failure::operational)?;
+    }
+    #[cfg(not(feature = "netlink"))]
+    {
+        status.applied = nft_cli::exists().map_err(Failure::operational)?;
+    }
+    if !status.applied {
         return Ok(());
     }
-    status.applied = true;
-    let listing = nft_cli::list_json().map_err(Failure::operational)?;
+    let listing = match nft_cli::list_json() {
+        Ok(listing) => listing,
+        Err(egressc::apply::ApplyError::Spawn { .. }) => {
+            eprintln!("egressc: nft is not installed: counters and set sizes are not shown");
+            return Ok(());
+        }
+        Err(e) => return Err(Failure::operational(e)),
+    };
     for item in listing["nftables"].as_array().into_iter().flatten() {
         if let Some(set) = item.get("set") {
             status.sets.push(SetInfo {

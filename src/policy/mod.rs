@@ -43,6 +43,8 @@ pub struct Loaded {
     pub file: String,
     pub policy: Policy,
     pub warnings: Vec<Diagnostic>,
+    /// The policy text as read (UTF-8), kept so what was applied can be rebuilt.
+    pub text: String,
 }
 
 impl Loaded {
@@ -93,6 +95,7 @@ pub fn load_bytes(bytes: &[u8], file: &str, format: TargetFormat) -> Result<Load
         file: file.to_string(),
         policy,
         warnings,
+        text: text.to_string(),
     })
 }
 
