@@ -20,5 +20,6 @@ pub mod apply;
 pub mod backend;
 pub mod ir;
 pub mod policy;
+pub mod privileges;
 pub mod resolve;
 pub mod text;

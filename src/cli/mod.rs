@@ -7,6 +7,7 @@
 mod apply;
 mod check;
 mod diff;
+mod exec;
 mod explain;
 mod lock;
 mod render;
@@ -55,6 +56,8 @@ enum Command {
     Diff(diff::Args),
     /// Remove egressc's table or chains, and nothing else.
     Remove(RemoveArgs),
+    /// Container entrypoint: apply the policy, give up CAP_NET_ADMIN, exec COMMAND.
+    Exec(exec::Args),
     /// Internal: the detached worker behind `apply --confirm`.
     #[command(hide = true)]
     RollbackWorker { token: String },
@@ -185,6 +188,7 @@ pub fn run() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Diff(args) => diff::run(args),
         Command::Remove(args) => remove(args),
+        Command::Exec(args) => exec::run(args),
         Command::RollbackWorker { token } => apply::rollback_worker(&token),
     };
     match result {
