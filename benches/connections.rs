@@ -67,27 +67,7 @@ fn main() {
     }
     let client = Netns::new("bclient");
     let server = Netns::new("bserver");
-    support::run_ok(
-        "ip",
-        &[
-            "link",
-            "add",
-            "egcbc0",
-            "netns",
-            &client.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "egcbs0",
-            "netns",
-            &server.name,
-        ],
-    );
-    client.exec_ok("ip", &["addr", "add", "10.99.0.1/24", "dev", "egcbc0"]);
-    client.exec_ok("ip", &["link", "set", "egcbc0", "up"]);
-    server.exec_ok("ip", &["addr", "add", "10.99.0.2/24", "dev", "egcbs0"]);
-    server.exec_ok("ip", &["link", "set", "egcbs0", "up"]);
+    support::veth_pair(&client, &["10.99.0.1/24"], &server, &["10.99.0.2/24"]);
     let listener = server.run(|| {
         let l = TcpListener::bind(SERVER).unwrap();
         // A deep accept queue: with std's default, a briefly descheduled accept

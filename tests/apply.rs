@@ -40,29 +40,6 @@ fn ruleset(ns: &Netns) -> String {
     ns.exec_ok("nft", &["list", "ruleset"])
 }
 
-/// Docker-like foreign state: nat and filter tables with chains and rules, and
-/// another inet table with a set.
-fn add_foreign_nft_state(ns: &Netns, dir: &Path) {
-    let foreign = write_file(
-        dir,
-        "foreign.nft",
-        "table ip nat {\n chain POSTROUTING { type nat hook postrouting priority srcnat; policy accept; oifname \"eth0\" masquerade; }\n}\n\
-         table ip filter {\n chain DOCKER-USER { return; }\n chain FORWARD { type filter hook forward priority filter; policy drop; jump DOCKER-USER; }\n}\n\
-         table inet other {\n set keep { type ipv4_addr; elements = { 192.0.2.99 }; }\n chain output { type filter hook output priority 10; policy accept; ip daddr @keep counter; }\n}\n",
-    );
-    ns.exec_ok("nft", &["-f", foreign.to_str().unwrap()]);
-}
-
-fn foreign_nft(ns: &Netns) -> Vec<String> {
-    ["ip nat", "ip filter", "inet other"]
-        .iter()
-        .map(|t| {
-            let args: Vec<&str> = ["list", "table"].into_iter().chain(t.split(' ')).collect();
-            ns.exec_ok("nft", &args)
-        })
-        .collect()
-}
-
 #[test]
 fn apply_reapply_and_remove_through_nft_touch_only_egressc() {
     if !support::kernel_available("apply_reapply_and_remove_through_nft_touch_only_egressc") {
@@ -71,8 +48,8 @@ fn apply_reapply_and_remove_through_nft_touch_only_egressc() {
     let ns = Netns::new("apply");
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    add_foreign_nft_state(&ns, dir.path());
-    let foreign = foreign_nft(&ns);
+    support::add_foreign_nft(&ns, dir.path());
+    let foreign = support::foreign_nft_listing(&ns);
 
     assert_eq!(status_json(&ns, &state)["applied"], false);
     ok(egressc(
@@ -109,13 +86,17 @@ fn apply_reapply_and_remove_through_nft_touch_only_egressc() {
         !listing.contains("192.0.2.10"),
         "old addresses left behind:\n{listing}"
     );
-    assert_eq!(foreign, foreign_nft(&ns), "foreign tables changed by apply");
+    assert_eq!(
+        foreign,
+        support::foreign_nft_listing(&ns),
+        "foreign tables changed by apply"
+    );
 
     ok(egressc(&ns, &state, &["remove"]));
     assert!(!ns.exec_ok("nft", &["list", "tables"]).contains("egressc"));
     assert_eq!(
         foreign,
-        foreign_nft(&ns),
+        support::foreign_nft_listing(&ns),
         "foreign tables changed by remove"
     );
     assert_eq!(status_json(&ns, &state)["applied"], false);
@@ -193,7 +174,7 @@ fn a_failed_apply_leaves_the_old_ruleset_byte_identical() {
     let ns = Netns::new("applyfail");
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    add_foreign_nft_state(&ns, dir.path());
+    support::add_foreign_nft(&ns, dir.path());
     ok(egressc(&ns, &state, &["apply", FINANCE, "--locked"]));
     let before = ruleset(&ns);
 
@@ -507,7 +488,7 @@ fn a_kernel_rejection_leaves_the_old_ruleset_byte_identical() {
     let ns = Netns::new("reject");
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    add_foreign_nft_state(&ns, dir.path());
+    support::add_foreign_nft(&ns, dir.path());
     ok(egressc(&ns, &state, &["apply", FINANCE, "--locked"]));
     let before = ruleset(&ns);
     let bin = dir.path().join("bin");

@@ -24,32 +24,12 @@ struct World {
 fn world() -> World {
     let client = Netns::new("xc");
     let server = Netns::new("xs");
-    let id = client.name.rsplit('-').next().unwrap().to_string();
-    let (vc, vs) = (
-        format!("egx{}c{id}", std::process::id() % 10000),
-        format!("egx{}s{id}", std::process::id() % 10000),
+    support::veth_pair(
+        &client,
+        &["10.77.0.1/24"],
+        &server,
+        &[&format!("{SERVER}/24")],
     );
-    support::run_ok(
-        "ip",
-        &[
-            "link",
-            "add",
-            &vc,
-            "netns",
-            &client.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &vs,
-            "netns",
-            &server.name,
-        ],
-    );
-    client.exec_ok("ip", &["addr", "add", "10.77.0.1/24", "dev", &vc]);
-    client.exec_ok("ip", &["link", "set", &vc, "up"]);
-    server.exec_ok("ip", &["addr", "add", &format!("{SERVER}/24"), "dev", &vs]);
-    server.exec_ok("ip", &["link", "set", &vs, "up"]);
     let listeners = server.run(|| {
         [443u16, 8443]
             .into_iter()

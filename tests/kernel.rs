@@ -14,18 +14,6 @@ use support::{Netns, Unbound, dns_query_tcp, dns_query_udp, egressc, rr, write_f
 
 const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
 
-fn examples() -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir("examples")
-        .unwrap()
-        .filter_map(|e| {
-            let p = e.ok()?.path().join("policy.yaml");
-            p.exists().then_some(p)
-        })
-        .collect();
-    found.sort();
-    found
-}
-
 fn render_locked(policy: &Path, format: &str, dir: &Path) -> PathBuf {
     let out = egressc(
         &[
@@ -105,7 +93,7 @@ fn every_example_passes_the_kernel_checkers() {
     }
     let dir = tempfile::tempdir().unwrap();
     let ns = Netns::new("check");
-    for policy in examples() {
+    for policy in support::examples() {
         let nft = render_locked(&policy, "nft", dir.path());
         ns.exec_ok("nft", &["-c", "-f", nft.to_str().unwrap()]);
         let v4 = render_locked(&policy, "iptables", dir.path());
@@ -128,26 +116,10 @@ fn nft_load_replaces_only_the_egressc_table() {
     }
     let dir = tempfile::tempdir().unwrap();
     let ns = Netns::new("nftown");
-    // Docker-like foreign state that must stay byte-identical.
-    let foreign = write_file(
-        dir.path(),
-        "foreign.nft",
-        "table ip nat {\n chain POSTROUTING { type nat hook postrouting priority srcnat; policy accept; oifname \"eth0\" masquerade; }\n}\n\
-         table ip filter {\n chain DOCKER-USER { return; }\n chain FORWARD { type filter hook forward priority filter; policy drop; jump DOCKER-USER; }\n}\n\
-         table inet other {\n set keep { type ipv4_addr; elements = { 192.0.2.99 }; }\n chain output { type filter hook output priority 10; policy accept; ip daddr @keep counter; }\n}\n",
-    );
-    ns.exec_ok("nft", &["-f", foreign.to_str().unwrap()]);
-    let list_foreign = || {
-        ["ip nat", "ip filter", "inet other"]
-            .iter()
-            .map(|t| {
-                let args: Vec<&str> = ["list", "table"].into_iter().chain(t.split(' ')).collect();
-                ns.exec_ok("nft", &args)
-            })
-            .collect::<Vec<_>>()
-    };
+    support::add_foreign_nft(&ns, dir.path());
+    let list_foreign = || support::foreign_nft_listing(&ns);
     let before = list_foreign();
-    let policies = examples();
+    let policies = support::examples();
     let first = render_locked(&policies[0], "nft", dir.path());
     let second = render_locked(&policies[1], "nft", dir.path());
     load_documented(&ns, &first);
@@ -203,7 +175,7 @@ fn iptables_load_is_idempotent_and_leaves_other_chains_alone() {
             (filter, ns.exec_ok(tool, &["-t", "nat", "-S"]))
         };
         let before = foreign();
-        let policies = examples();
+        let policies = support::examples();
         let a = render_locked(&policies[0], format, dir.path());
         let b = render_locked(&policies[1], format, dir.path());
         load_documented(&ns, &a);
@@ -250,53 +222,19 @@ fn sa(ip: &str, port: u16) -> SocketAddr {
 fn world() -> World {
     let client = Netns::new("client");
     let internet = Netns::new("inet");
-    // Interface names hold at most 15 characters; the namespace names are unique.
-    let id = client.name.rsplit('-').next().unwrap().to_string();
-    let veth_c = format!("egc{}c{id}", std::process::id() % 100000);
-    let veth_i = format!("egc{}i{id}", std::process::id() % 100000);
-    support::run_ok(
-        "ip",
-        &[
-            "link",
-            "add",
-            &veth_c,
-            "netns",
-            &client.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &veth_i,
-            "netns",
-            &internet.name,
-        ],
-    );
-    client.exec_ok(
-        "ip",
-        &["addr", "add", &format!("{CLIENT4}/24"), "dev", &veth_c],
-    );
-    client.exec_ok(
-        "ip",
-        &[
-            "addr",
-            "add",
-            &format!("{CLIENT6}/64"),
-            "dev",
-            &veth_c,
-            "nodad",
-        ],
-    );
-    client.exec_ok("ip", &["link", "set", &veth_c, "up"]);
-    for a in [SERVER4, OTHER4, ROGUE_DNS4] {
-        internet.exec_ok("ip", &["addr", "add", &format!("{a}/24"), "dev", &veth_i]);
-    }
-    for a in [SERVER6, OTHER6, ROGUE_DNS6] {
-        internet.exec_ok(
-            "ip",
-            &["addr", "add", &format!("{a}/64"), "dev", &veth_i, "nodad"],
-        );
-    }
-    internet.exec_ok("ip", &["link", "set", &veth_i, "up"]);
+    let client_addrs = [format!("{CLIENT4}/24"), format!("{CLIENT6}/64")];
+    let internet_addrs: Vec<String> = [SERVER4, OTHER4, ROGUE_DNS4]
+        .iter()
+        .map(|a| format!("{a}/24"))
+        .chain(
+            [SERVER6, OTHER6, ROGUE_DNS6]
+                .iter()
+                .map(|a| format!("{a}/64")),
+        )
+        .collect();
+    let client_refs: Vec<&str> = client_addrs.iter().map(String::as_str).collect();
+    let internet_refs: Vec<&str> = internet_addrs.iter().map(String::as_str).collect();
+    support::veth_pair(&client, &client_refs, &internet, &internet_refs);
 
     // One real unbound answers on the pinned resolver address and on two rogue ones.
     let dns = Unbound::start(

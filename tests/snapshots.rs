@@ -4,22 +4,7 @@
 
 mod support;
 
-use std::path::PathBuf;
-
 use support::egressc;
-
-/// examples/*/policy.yaml, sorted.
-pub fn examples() -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir("examples")
-        .expect("examples/")
-        .filter_map(|e| {
-            let p = e.ok()?.path().join("policy.yaml");
-            p.exists().then_some(p)
-        })
-        .collect();
-    found.sort();
-    found
-}
 
 fn render(policy: &str, format: &str) -> String {
     let out = egressc(&["render", policy, "--locked", "--format", format], None);
@@ -33,7 +18,7 @@ fn render(policy: &str, format: &str) -> String {
 
 #[test]
 fn every_example_renders_in_every_format_as_snapshotted() {
-    let examples = examples();
+    let examples = support::examples();
     assert!(examples.len() >= 3, "the examples are missing");
     for policy in examples {
         let name = policy

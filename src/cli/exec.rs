@@ -14,10 +14,9 @@ use anyhow::anyhow;
 use egressc::ir::lower;
 use egressc::policy::{self, Loaded, PolicyError, TargetFormat};
 use egressc::privileges::{self, Drop};
-use egressc::resolve::dns::{self, ResolveOptions, Transport};
 use egressc::resolve::lock as lockfile;
 
-use super::Failure;
+use super::{Failure, resolve_live};
 
 /// Exit codes of `egressc exec` when it stops before running the workload.
 pub enum ExecStep {
@@ -109,23 +108,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             .unwrap_or_else(|| PathBuf::from("$EGRESSC_POLICY"));
         lockfile::read(&lock, &shown, &loaded.policy).map_err(|e| fail(ExecStep::Resolve, e))?
     } else {
-        let options = ResolveOptions {
-            transport: if args.dns_tcp {
-                Transport::Tcp
-            } else {
-                Transport::Udp
-            },
-            ..ResolveOptions::default()
-        };
-        let resolved =
-            dns::resolve(&loaded.policy, &options).map_err(|e| fail(ExecStep::Resolve, e))?;
-        for skipped in &resolved.skipped {
-            eprintln!(
-                "{}: warning[optional-host-skipped]: optional host {} did not resolve ({}); its entry is left out",
-                loaded.file, skipped.host, skipped.reason
-            );
-        }
-        resolved.resolution
+        resolve_live(&loaded, args.dns_tcp).map_err(|e| fail(ExecStep::Resolve, e))?
     };
     let ruleset =
         lower::lower(&loaded.policy, &resolution).map_err(|e| fail(ExecStep::Resolve, e))?;

@@ -266,15 +266,21 @@ pub fn resolution(
             .unwrap_or_else(|| lockfile::lock_path(path));
         return lockfile::read(&lock, path, &loaded.policy).map_err(Failure::operational);
     }
+    resolve_live(loaded, source.dns_tcp).map_err(Failure::operational)
+}
+
+/// Resolves the policy's hosts through its pinned resolvers, printing a warning
+/// for each optional host that did not resolve.
+pub fn resolve_live(loaded: &Loaded, dns_tcp: bool) -> Result<Resolution, dns::ResolveError> {
     let options = ResolveOptions {
-        transport: if source.dns_tcp {
+        transport: if dns_tcp {
             Transport::Tcp
         } else {
             Transport::Udp
         },
         ..ResolveOptions::default()
     };
-    let resolved = dns::resolve(&loaded.policy, &options).map_err(Failure::operational)?;
+    let resolved = dns::resolve(&loaded.policy, &options)?;
     for skipped in &resolved.skipped {
         eprintln!(
             "{}: warning[optional-host-skipped]: optional host {} did not resolve ({}); its entry is left out",

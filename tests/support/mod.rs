@@ -150,6 +150,71 @@ impl Drop for Netns {
     }
 }
 
+/// Joins two namespaces with a veth pair and brings both ends up with the given
+/// addresses (`10.0.0.1/24`, `fd00::1/64`; IPv6 without duplicate address
+/// detection, so it is usable at once). Returns the two interface names.
+pub fn veth_pair(a: &Netns, a_addrs: &[&str], b: &Netns, b_addrs: &[&str]) -> (String, String) {
+    // Interface names hold at most 15 characters; namespace names are unique, so
+    // their counter suffix keeps the pair unique too.
+    let id = a.name.rsplit('-').next().unwrap();
+    let pid = std::process::id() % 10000;
+    let (va, vb) = (format!("egc{pid}a{id}"), format!("egc{pid}b{id}"));
+    run_ok(
+        "ip",
+        &[
+            "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns",
+            &b.name,
+        ],
+    );
+    for (ns, dev, addrs) in [(a, &va, a_addrs), (b, &vb, b_addrs)] {
+        for addr in addrs {
+            let mut args = vec!["addr", "add", addr, "dev", dev.as_str()];
+            if addr.contains(':') {
+                args.push("nodad");
+            }
+            ns.exec_ok("ip", &args);
+        }
+        ns.exec_ok("ip", &["link", "set", dev, "up"]);
+    }
+    (va, vb)
+}
+
+/// examples/*/policy.yaml, sorted (tests run from the package root).
+pub fn examples() -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("examples")
+        .expect("examples/")
+        .filter_map(|e| {
+            let p = e.ok()?.path().join("policy.yaml");
+            p.exists().then_some(p)
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Docker-like state egressc must never touch: nat and filter tables with
+/// chains and rules, and another inet table with a set.
+pub const FOREIGN_NFT: &str = "table ip nat {\n chain POSTROUTING { type nat hook postrouting priority srcnat; policy accept; oifname \"eth0\" masquerade; }\n}\n\
+table ip filter {\n chain DOCKER-USER { return; }\n chain FORWARD { type filter hook forward priority filter; policy drop; jump DOCKER-USER; }\n}\n\
+table inet other {\n set keep { type ipv4_addr; elements = { 192.0.2.99 }; }\n chain output { type filter hook output priority 10; policy accept; ip daddr @keep counter; }\n}\n";
+
+/// Loads [`FOREIGN_NFT`] into `ns`.
+pub fn add_foreign_nft(ns: &Netns, dir: &Path) {
+    let path = write_file(dir, "foreign.nft", FOREIGN_NFT);
+    ns.exec_ok("nft", &["-f", path.to_str().unwrap()]);
+}
+
+/// The listings of the tables in [`FOREIGN_NFT`], to compare before and after.
+pub fn foreign_nft_listing(ns: &Netns) -> Vec<String> {
+    ["ip nat", "ip filter", "inet other"]
+        .iter()
+        .map(|t| {
+            let args: Vec<&str> = ["list", "table"].into_iter().chain(t.split(' ')).collect();
+            ns.exec_ok("nft", &args)
+        })
+        .collect()
+}
+
 /// A free port on `ip` for both UDP and TCP (a DNS server needs both).
 pub fn free_port(ip: IpAddr) -> u16 {
     for _ in 0..50 {
