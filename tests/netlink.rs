@@ -385,3 +385,134 @@ fn read_back_notices_a_table_that_differs_from_the_ruleset() {
     let err = ns.run(move || netlink::read_back(&fewer)).unwrap_err();
     assert!(matches!(err, NetlinkError::ReadBack(_)), "{err:?}");
 }
+
+#[test]
+fn read_back_notices_a_missing_or_changed_element_in_a_large_set() {
+    if !support::kernel_available("read_back_notices_a_missing_or_changed_element_in_a_large_set") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let policy = big_fixture(dir.path(), 20_000);
+    let rs = ruleset(&policy);
+    // Large enough that elements are looked up one by one, not dumped.
+    let set = rs
+        .sets
+        .iter()
+        .find(|s| s.elements.len() >= 20_000)
+        .expect("a set of 20,000 elements");
+    let name = set.name;
+    let e = &set.elements[12_345];
+    let addr = e.net.addr().to_string();
+    let elem = format!("{{ {addr} . {} . {} }}", e.protocol, e.ports);
+    let ns = Netns::new("nlbigread");
+    let ns_exec = |args: &[&str]| ns.exec_ok(args[0], &args[1..]);
+    let nft_elem = |verb: &str, what: &str| {
+        ns_exec(&["nft", verb, "element", "inet", "egressc", name, what]);
+    };
+    apply_in(&ns, &rs).unwrap();
+    let read_back = |ns: &Netns| {
+        let rs = rs.clone();
+        ns.run(move || netlink::read_back(&rs))
+    };
+    read_back(&ns).expect("the table as applied reads back");
+    // The comment the element carries, as nft lists it.
+    let listed = ns_exec(&["nft", "get", "element", "inet", "egressc", name, &elem]);
+    let comment = listed
+        .split("comment \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no comment in {listed}"))
+        .to_string();
+
+    // Someone deletes it.
+    nft_elem("delete", &elem);
+    let err = read_back(&ns).unwrap_err();
+    assert!(matches!(err, NetlinkError::ReadBack(_)), "{err:?}");
+    let text = err.to_string();
+    eprintln!("deleted element: {text}");
+    assert!(
+        text.contains("missing") && text.contains(&addr) && text.contains(name),
+        "{text}"
+    );
+
+    // Someone puts it back with another comment.
+    let tampered = elem.replace(" }", " comment \"tampered\" }");
+    nft_elem("add", &tampered);
+    let err = read_back(&ns).unwrap_err();
+    assert!(matches!(err, NetlinkError::ReadBack(_)), "{err:?}");
+    let text = err.to_string();
+    eprintln!("changed comment: {text}");
+    assert!(
+        text.contains("tampered") && text.contains(&addr) && text.contains(&comment),
+        "{text}"
+    );
+
+    // Exactly as it was: the read-back passes again.
+    nft_elem("delete", &elem);
+    nft_elem(
+        "add",
+        &elem.replace(" }", &format!(" comment \"{comment}\" }}")),
+    );
+    read_back(&ns).expect("restored element reads back");
+}
+
+/// A policy of `n` separate /24 networks (gaps between them, so nothing
+/// aggregates), each to ports 8000-8100: one interval (pipapo) set of `n` elements.
+fn networks_fixture(dir: &Path, n: usize) -> PathBuf {
+    let mut policy = String::from(
+        "version: 1\nname: nets\ndefault: deny\ndns:\n  resolvers: [127.0.0.1]\nallow:\n",
+    );
+    for i in 0..n {
+        writeln!(
+            policy,
+            "  - cidr: 10.{}.{}.0/24\n    ports: [\"8000-8100\"]",
+            i / 128,
+            (i % 128) * 2
+        )
+        .unwrap();
+    }
+    let path = dir.join(format!("nets-{n}.yaml"));
+    std::fs::write(&path, &policy).unwrap();
+    let lock = format!(
+        "{{\"lock_format\":1,\"policy_sha256\":\"{}\",\"resolved_at\":\"2026-01-01T00:00:00Z\",\"resolvers\":[\"127.0.0.1\"],\"port\":53,\"hosts\":{{}}}}\n",
+        egressc::policy::sha256_hex(policy.as_bytes())
+    );
+    std::fs::write(dir.join(format!("nets-{n}.yaml.lock")), lock).unwrap();
+    path
+}
+
+#[test]
+fn read_back_looks_up_every_element_of_a_large_interval_set() {
+    if !support::kernel_available("read_back_looks_up_every_element_of_a_large_interval_set") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rs = ruleset(&networks_fixture(dir.path(), 6_000));
+    let set = rs
+        .sets
+        .iter()
+        .find(|s| s.kind == SetKind::Networks && s.elements.len() >= 6_000)
+        .expect("an interval set of 6,000 elements");
+    let name = set.name;
+    let e = &set.elements[4_321];
+    let elem = format!("{{ {} . {} . {} }}", e.net, e.protocol, e.ports);
+    let ns = Netns::new("nlbignets");
+    apply_in(&ns, &rs).unwrap();
+    let read_back = |ns: &Netns| {
+        let rs = rs.clone();
+        ns.run(move || netlink::read_back(&rs))
+    };
+    read_back(&ns).expect("the table as applied reads back");
+    ns.exec_ok(
+        "nft",
+        &["delete", "element", "inet", "egressc", name, &elem],
+    );
+    let err = read_back(&ns).unwrap_err();
+    let text = err.to_string();
+    eprintln!("deleted interval: {text}");
+    assert!(matches!(err, NetlinkError::ReadBack(_)), "{err:?}");
+    assert!(
+        text.contains("missing") && text.contains(&e.net.to_string()),
+        "{text}"
+    );
+}

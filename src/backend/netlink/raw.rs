@@ -634,6 +634,12 @@ impl NlSocket {
         getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF).unwrap_or(0) as usize
     }
 
+    /// The receive buffer the kernel granted (SO_RCVBUF: what queued answers may
+    /// take, counted with the kernel's per-message overhead).
+    pub fn recv_buffer(&self) -> usize {
+        getsockopt_int(self.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF).unwrap_or(0) as usize
+    }
+
     /// Sends `buf` to the kernel as one datagram (one sendmsg): a batch is
     /// committed only if it arrives whole.
     pub fn send(&self, buf: &[u8]) -> io::Result<()> {
@@ -690,6 +696,59 @@ impl NlSocket {
                 )));
             }
             return Ok(Some(n));
+        }
+    }
+
+    /// Receives up to `lens.len()` datagrams with one recvmmsg, datagram `i` into
+    /// `buf[i * slot..(i + 1) * slot]`, its length into `lens[i]`; returns how many
+    /// arrived (at least one: it waits for the first, up to the receive timeout,
+    /// then takes what is queued). A datagram larger than `slot` is an error.
+    pub fn recv_many(&self, buf: &mut [u8], slot: usize, lens: &mut [usize]) -> io::Result<usize> {
+        let count = lens.len().min(buf.len() / slot.max(1));
+        let base = buf.as_mut_ptr();
+        let mut iovs: Vec<libc::iovec> = (0..count)
+            .map(|i| libc::iovec {
+                // In bounds: i * slot + slot <= count * slot <= buf.len().
+                iov_base: unsafe { base.add(i * slot) }.cast(),
+                iov_len: slot,
+            })
+            .collect();
+        let mut headers: Vec<libc::mmsghdr> = iovs
+            .iter_mut()
+            .map(|iov| {
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_iov = iov;
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        loop {
+            let n = unsafe {
+                libc::recvmmsg(
+                    self.fd.as_raw_fd(),
+                    headers.as_mut_ptr(),
+                    count as libc::c_uint,
+                    libc::MSG_WAITFORONE,
+                    std::ptr::null_mut(),
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(io::Error::new(e.kind(), format!("recvmmsg(netlink): {e}")));
+            }
+            let n = n as usize;
+            for (i, h) in headers[..n].iter().enumerate() {
+                if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                    return Err(io::Error::other(format!(
+                        "recvmmsg(netlink): a datagram does not fit the {slot}-byte slot"
+                    )));
+                }
+                lens[i] = h.msg_len as usize;
+            }
+            return Ok(n);
         }
     }
 
