@@ -2,8 +2,9 @@
 //! state directory (`/run/egressc`, or `$EGRESSC_STATE_DIR`). `/run` is cleared at
 //! boot, like the kernel's rules, so the record and the rules live and die together.
 //!
-//! * `applied.json`: the policy (path, SHA-256), when, through which backend, and
-//!   the resolution used (for `diff`); `applied.nft`: the rendered script.
+//! * `applied.json`: the policy (path, SHA-256, text), when, through which
+//!   backend, and the resolution used: enough to rebuild the applied ruleset
+//!   exactly (lowering is deterministic) for `diff` and for restoring it.
 //! * `rollback-<token>.json`: a pending `--confirm`: the snapshot to restore and
 //!   the record to put back. Claiming it is an atomic rename, so a rollback and a
 //!   `confirm` can never both win.
@@ -57,7 +58,6 @@ pub struct Rollback {
     pub snapshot: Snapshot,
     /// The record to put back with the snapshot (`None`: nothing was applied).
     pub previous: Option<Applied>,
-    pub previous_script: Option<String>,
 }
 
 pub fn dir() -> PathBuf {
@@ -93,34 +93,17 @@ pub fn read_applied() -> Result<Option<Applied>, ApplyError> {
     read_json(&dir().join("applied.json"))
 }
 
-pub fn read_applied_script() -> Result<Option<String>, ApplyError> {
-    let path = dir().join("applied.nft");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(state_error("read", &path, e)),
-    }
-}
-
 /// Records an apply (or, with `None`, that nothing is applied).
-pub fn write_applied(applied: Option<&Applied>, script: Option<&str>) -> Result<(), ApplyError> {
-    let (json, nft) = (dir().join("applied.json"), dir().join("applied.nft"));
+pub fn write_applied(applied: Option<&Applied>) -> Result<(), ApplyError> {
+    let json = dir().join("applied.json");
     match applied {
-        Some(a) => {
-            let bytes = serde_json::to_vec_pretty(a).expect("state serializes");
-            write_atomic(&json, &bytes)?;
-            write_atomic(&nft, script.unwrap_or("").as_bytes())
-        }
-        None => {
-            for path in [json, nft] {
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(state_error("remove", &path, e)),
-                }
-            }
-            Ok(())
-        }
+        // Compact: with 100,000 addresses, pretty-printing is measurable in apply.
+        Some(a) => write_atomic(&json, &serde_json::to_vec(a).expect("state serializes")),
+        None => match std::fs::remove_file(&json) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(state_error("remove", &json, e)),
+        },
     }
 }
 
@@ -129,7 +112,7 @@ fn rollback_path(token: &str) -> PathBuf {
 }
 
 pub fn write_rollback(rollback: &Rollback) -> Result<(), ApplyError> {
-    let bytes = serde_json::to_vec_pretty(rollback).expect("rollback serializes");
+    let bytes = serde_json::to_vec(rollback).expect("rollback serializes");
     write_atomic(&rollback_path(&rollback.token), &bytes)
 }
 

@@ -35,7 +35,6 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let loaded = load_policy(&args.policy, args.backend.target())?;
     let resolution = resolution(&args.policy, &loaded, &args.source)?;
     let ruleset = lower::lower(&loaded.policy, &resolution).map_err(Failure::operational)?;
-    let script = egressc::backend::nft::render(&ruleset).map_err(Failure::operational)?;
 
     // An unconfirmed earlier apply: the rollback target stays the state before it.
     let pending = state::pending_rollbacks().map_err(Failure::operational)?;
@@ -56,7 +55,6 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         )));
     }
     let previous = state::read_applied().map_err(Failure::operational)?;
-    let previous_script = state::read_applied_script().map_err(Failure::operational)?;
 
     apply::apply(backend, &ruleset, &before).map_err(Failure::operational)?;
 
@@ -71,7 +69,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         resolution,
         policy_text: loaded.text.clone(),
     };
-    state::write_applied(Some(&record), Some(&script)).map_err(Failure::operational)?;
+    state::write_applied(Some(&record)).map_err(Failure::operational)?;
     // This apply supersedes pending rollbacks (their worker finds nothing to do).
     let cancelled = state::cancel_rollbacks().map_err(Failure::operational)?;
 
@@ -82,9 +80,9 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         ruleset.output.len() + ruleset.deny.len()
     );
     if let Some(seconds) = args.confirm {
-        let (snapshot, previous, previous_script) = match cancelled.into_iter().next() {
-            Some(oldest) => (oldest.snapshot, oldest.previous, oldest.previous_script),
-            None => (before, previous, previous_script),
+        let (snapshot, previous) = match cancelled.into_iter().next() {
+            Some(oldest) => (oldest.snapshot, oldest.previous),
+            None => (before, previous),
         };
         let token = format!("{}-{}", state::now(), std::process::id());
         state::write_rollback(&state::Rollback {
@@ -92,7 +90,6 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             deadline: state::now() + seconds,
             snapshot,
             previous,
-            previous_script,
         })
         .map_err(Failure::operational)?;
         spawn_rollback_worker(&token)?;
@@ -145,11 +142,7 @@ pub fn rollback_worker(token: &str) -> Result<ExitCode, Failure> {
         return Ok(ExitCode::SUCCESS); // confirmed or superseded meanwhile
     };
     apply::restore(&rollback.snapshot).map_err(Failure::operational)?;
-    state::write_applied(
-        rollback.previous.as_ref(),
-        rollback.previous_script.as_deref(),
-    )
-    .map_err(Failure::operational)?;
+    state::write_applied(rollback.previous.as_ref()).map_err(Failure::operational)?;
     eprintln!("egressc: not confirmed in time: previous state restored (rollback {token})");
     Ok(ExitCode::SUCCESS)
 }

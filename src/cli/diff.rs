@@ -45,9 +45,14 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let ruleset = lower::lower(&loaded.policy, &new_resolution).map_err(Failure::operational)?;
     let new_script = egressc::backend::nft::render(&ruleset).map_err(Failure::operational)?;
     let old = state::read_applied().map_err(Failure::operational)?;
-    let old_script = state::read_applied_script()
-        .map_err(Failure::operational)?
-        .unwrap_or_default();
+    // The applied ruleset, rebuilt from the record and rendered the same way.
+    let old_script = match &old {
+        Some(record) => {
+            let old_ruleset = record.ruleset().map_err(Failure::operational)?;
+            egressc::backend::nft::render(&old_ruleset).map_err(Failure::operational)?
+        }
+        None => String::new(),
+    };
     if old.is_none() {
         println!("nothing is applied: apply would load everything below");
     }

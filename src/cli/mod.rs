@@ -217,7 +217,7 @@ fn remove(args: RemoveArgs) -> Result<ExitCode, Failure> {
     };
     state::cancel_rollbacks().map_err(Failure::operational)?;
     let removed = apply::remove(backend).map_err(Failure::operational)?;
-    state::write_applied(None, None).map_err(Failure::operational)?;
+    state::write_applied(None).map_err(Failure::operational)?;
     eprintln!(
         "{}",
         if removed {
