@@ -362,3 +362,66 @@ fn the_policy_can_come_from_the_environment() {
         "{stderr}"
     );
 }
+
+/// The capability sets the workload sees, from its own /proc/self/status.
+fn child_caps(out: &Output) -> Vec<(String, u64)> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (name, value) = l.split_once(":\t")?;
+            let name = name.strip_prefix("Cap")?;
+            Some((
+                name.to_string(),
+                u64::from_str_radix(value.trim(), 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn the_workload_holds_neither_capability_in_any_set() {
+    if !support::kernel_available("the_workload_holds_neither_capability_in_any_set") {
+        return;
+    }
+    let world = world();
+    const NET_ADMIN: u64 = 1 << 12;
+    const NET_RAW: u64 = 1 << 13;
+    const SYS_ADMIN: u64 = 1 << 21;
+    let show = "grep ^Cap /proc/self/status";
+    // Control: a shell started the same way without egressc holds them.
+    let control = world
+        .client
+        .command("bash")
+        .args(["-c", show])
+        .output()
+        .unwrap();
+    let held = child_caps(&control);
+    assert!(
+        held.iter().any(|(n, v)| n == "Bnd" && v & NET_ADMIN != 0),
+        "{held:?}"
+    );
+
+    let out = exec(&world, &[], show);
+    let sets = child_caps(&out);
+    assert_eq!(sets.len(), 5, "{}", text(&out));
+    for (name, value) in &sets {
+        assert_eq!(
+            value & (NET_ADMIN | NET_RAW),
+            0,
+            "Cap{name} still holds NET_ADMIN or NET_RAW: {value:x}"
+        );
+    }
+    // Only those two: root keeps the rest unless asked.
+    assert!(
+        sets.iter().any(|(n, v)| n == "Eff" && v & SYS_ADMIN != 0),
+        "{sets:?}"
+    );
+
+    let out = exec(&world, &["--drop-all-caps"], show);
+    let sets = child_caps(&out);
+    assert_eq!(sets.len(), 5, "{}", text(&out));
+    assert!(
+        sets.iter().all(|(_, v)| *v == 0),
+        "--drop-all-caps left {sets:?}"
+    );
+}
