@@ -3,16 +3,19 @@
 //! ```text
 //! policy.yaml ──load──▶ RawPolicy ──validate──▶ Policy ──resolve──▶ Resolution ──lower──▶ Ruleset (IR)
 //!                                                                                          │
-//!                                   ┌─────────────────────┬──────────────────────┬──────────┘
-//!                                   ▼                     ▼                      ▼
-//!                              nft script          iptables-restore          explain
-//!                                                  (IPv4 and IPv6)        (evaluates the IR)
+//!                         ┌──────────────────┬─────────────────────┬──────────┴──────────┐
+//!                         ▼                  ▼                     ▼                     ▼
+//!                    nft script       iptables-restore      netlink batch            explain
+//!                                     (IPv4 and IPv6)    (apply, exec: one      (evaluates the IR)
+//!                                                          atomic commit)
 //! ```
 //!
 //! Each stage lives in its own module and knows nothing of the later ones:
 //! [`policy`] (load and validate), [`resolve`] (pinned DNS and lock files), [`ir`]
-//! (the ruleset, its lowering and its evaluation), [`backend`] (text output) and
-//! [`apply`] (loading into the kernel, read-back, snapshots and rollback).
+//! (the ruleset, its lowering and its evaluation), [`backend`] (nft and iptables
+//! text, and the netlink batch) and [`apply`] (loading into the kernel, read-back,
+//! snapshots and rollback). [`privileges`] gives up the power to change the
+//! firewall before `egressc exec` runs a workload.
 //! [`text`] holds the character allowlists that keep policy strings from becoming
 //! firewall syntax.
 

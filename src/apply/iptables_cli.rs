@@ -1,7 +1,7 @@
 //! Applying through iptables-restore and ip6tables-restore: egressc's own chains,
 //! one jump from OUTPUT, nothing else touched.
 
-use super::{ApplyError, Snapshot, run_tool, run_tool_on};
+use super::{ApplyError, run_tool, run_tool_on};
 use crate::backend::iptables;
 use crate::ir::{self, Ruleset};
 
@@ -42,7 +42,7 @@ impl Family {
 
 /// Loads both families. Both texts are dry-run first, so a text the kernel would
 /// refuse never gets half loaded; the caller restores the snapshot on any error.
-pub fn apply(ruleset: &Ruleset, _before: &Snapshot) -> Result<(), ApplyError> {
+pub fn apply(ruleset: &Ruleset) -> Result<(), ApplyError> {
     let texts = [Family::V4, Family::V6].map(|f| iptables::render(ruleset, f.ir()).map(|t| (f, t)));
     let texts: Vec<(Family, String)> = texts.into_iter().collect::<Result<_, _>>()?;
     for (family, text) in &texts {

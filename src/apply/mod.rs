@@ -153,7 +153,7 @@ pub fn apply(backend: Backend, ruleset: &Ruleset, before: &Snapshot) -> Result<(
             .map(|_| ())
             .map_err(ApplyError::from),
         Backend::Nft => nft_cli::apply(ruleset),
-        Backend::Iptables => iptables_cli::apply(ruleset, before),
+        Backend::Iptables => iptables_cli::apply(ruleset),
     };
     if let Err(e) = result {
         if kernel_untouched(&e, backend) {
