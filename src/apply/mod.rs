@@ -17,6 +17,8 @@
 
 pub mod iptables_cli;
 pub mod nft_cli;
+#[cfg(feature = "netlink")]
+pub mod refresh;
 pub mod state;
 
 use serde::{Deserialize, Serialize};

@@ -9,11 +9,14 @@
 //!   the record to put back. Claiming it is an atomic rename, so a rollback and a
 //!   `confirm` can never both win.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::{ApplyError, Backend, Snapshot};
+use crate::policy::model::HostName;
 use crate::resolve::Resolution;
 
 /// The record of the last apply.
@@ -27,6 +30,46 @@ pub struct Applied {
     /// The policy text, so the applied ruleset can be rebuilt exactly (lowering
     /// is deterministic) to restore it without any tool but egressc.
     pub policy_text: String,
+    /// When each address of each host was last in an answer, for the grace
+    /// period of `egressc refresh`. Absent in records of older versions.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub seen: SeenMap,
+}
+
+/// The last answer that held an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    /// Unix seconds.
+    pub last_seen: u64,
+    /// The TTL that answer gave it.
+    pub ttl: u32,
+}
+
+/// Per host, per address: when it was last seen.
+pub type SeenMap = BTreeMap<HostName, BTreeMap<IpAddr, Seen>>;
+
+/// Every address of `resolution`, seen at `now`.
+pub fn seen_from(resolution: &Resolution, now: u64) -> SeenMap {
+    resolution
+        .hosts
+        .iter()
+        .map(|(host, answer)| {
+            let addrs = answer
+                .addresses
+                .iter()
+                .map(|a| {
+                    (
+                        a.addr,
+                        Seen {
+                            last_seen: now,
+                            ttl: a.ttl,
+                        },
+                    )
+                })
+                .collect();
+            (host.clone(), addrs)
+        })
+        .collect()
 }
 
 impl Applied {

@@ -66,6 +66,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         policy_sha256: loaded.policy.source_hash.clone(),
         applied_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         backend,
+        seen: state::seen_from(&resolution, state::now()),
         resolution,
         policy_text: loaded.text.clone(),
     };

@@ -10,6 +10,8 @@ mod diff;
 mod exec;
 mod explain;
 mod lock;
+#[cfg(feature = "netlink")]
+mod refresh;
 mod render;
 mod status;
 
@@ -50,6 +52,9 @@ enum Command {
     Apply(apply::Args),
     /// Keep the rules of a pending `apply --confirm`.
     Confirm,
+    /// Re-resolve the applied policy's hosts; update only set elements (netlink).
+    #[cfg(feature = "netlink")]
+    Refresh(refresh::Args),
     /// What is applied, pending rollbacks, counters and set sizes.
     Status(status::Args),
     /// What `apply` would change.
@@ -185,6 +190,8 @@ pub fn run() -> ExitCode {
         Command::Explain(args) => explain::run(args),
         Command::Apply(args) => apply::run(args),
         Command::Confirm => apply::confirm(),
+        #[cfg(feature = "netlink")]
+        Command::Refresh(args) => refresh::run(args),
         Command::Status(args) => status::run(args),
         Command::Diff(args) => diff::run(args),
         Command::Remove(args) => remove(args),

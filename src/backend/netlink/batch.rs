@@ -74,6 +74,16 @@ pub enum Part {
         /// The chunk's elements, each with the policy entries it serves.
         origins: Vec<String>,
     },
+    /// Elements added to (`delete: false`) or deleted from an existing set, by
+    /// `egressc refresh`.
+    UpdateElements {
+        set: String,
+        delete: bool,
+        /// The chunk's elements (`10.0.0.1/32 . tcp . 443`), and the policy
+        /// entries each serves.
+        elements: Vec<String>,
+        origins: Vec<String>,
+    },
     Chain {
         name: String,
     },
@@ -120,6 +130,23 @@ impl std::fmt::Display for Part {
                         write!(f, "; +{} more", seen.len() - 4)?;
                     }
                     write!(f, ")")?;
+                }
+                Ok(())
+            }
+            Part::UpdateElements {
+                set,
+                delete,
+                elements,
+                origins,
+            } => {
+                let (verb, prep) = if *delete {
+                    ("deleting", "from")
+                } else {
+                    ("adding", "to")
+                };
+                write!(f, "{verb} {} elements {prep} set {set}", elements.len())?;
+                if let (Some(e), Some(o)) = (elements.first(), origins.first()) {
+                    write!(f, " (the first: {e} from {o})")?;
                 }
                 Ok(())
             }
@@ -983,6 +1010,206 @@ fn verdict(code: i32, chain: Option<&str>) -> Result<Expr, RawError> {
         attrs.push((sys::NFTNL_EXPR_IMM_CHAIN, strv(c)?));
     }
     Ok(e(c"immediate", attrs))
+}
+
+// --- element updates (`egressc refresh`) ------------------------------------------
+
+/// What an element update changes in one set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetChange {
+    pub set: &'static str,
+    /// Elements deleted (including those re-added with a new comment).
+    pub deleted: usize,
+    /// Elements added (including those re-added with a new comment).
+    pub added: usize,
+}
+
+/// The elements of one set that an update deletes and adds.
+#[derive(Debug, Clone)]
+pub struct SetDiff {
+    /// Index of the set in both rulesets.
+    pub set: usize,
+    /// Indices into the old set's elements.
+    pub deleted: Vec<usize>,
+    /// Indices into the new set's elements.
+    pub added: Vec<usize>,
+}
+
+impl SetDiff {
+    /// The deleted elements whose key is not added back (with a new comment).
+    pub fn gone<'r>(&self, old: &'r Set, new: &Set) -> Vec<&'r Element> {
+        let back: std::collections::HashSet<_> = self
+            .added
+            .iter()
+            .map(|&i| key_of(&new.elements[i]))
+            .collect();
+        self.deleted
+            .iter()
+            .map(|&i| &old.elements[i])
+            .filter(|e| !back.contains(&key_of(e)))
+            .collect()
+    }
+}
+
+/// What identifies an element in the kernel: its key (and key end), which is
+/// a function of the network, protocol and port range alone.
+fn key_of(e: &Element) -> (ipnet::IpNet, Protocol, crate::policy::model::PortRange) {
+    (e.net, e.protocol, e.ports)
+}
+
+/// Which elements of each set differ between `old` and `new`. Elements are
+/// compared by their key (address or network, protocol, port or port range);
+/// one whose key is kept but whose policy entries changed (so its comment
+/// changed) counts as deleted and added. Both rulesets come from the same
+/// policy, so the same entries give the same comment.
+pub fn diff_elements(old: &Ruleset, new: &Ruleset) -> Vec<SetDiff> {
+    let mut out = Vec::new();
+    for (i, (o, n)) in old.sets.iter().zip(&new.sets).enumerate() {
+        if o.elements == n.elements {
+            continue;
+        }
+        // A merge over both element lists in key order (lowering sorts them,
+        // so these sorts only confirm it), linear in the set size.
+        let order = |set: &Set| {
+            let mut idx: Vec<usize> = (0..set.elements.len()).collect();
+            idx.sort_by_key(|&j| key_of(&set.elements[j]));
+            idx
+        };
+        let (a, b) = (order(o), order(n));
+        let (mut deleted, mut added) = (Vec::new(), Vec::new());
+        let (mut x, mut y) = (0, 0);
+        while x < a.len() || y < b.len() {
+            let (eo, en) = (
+                a.get(x).map(|&j| &o.elements[j]),
+                b.get(y).map(|&j| &n.elements[j]),
+            );
+            match (eo, en) {
+                (Some(eo), Some(en)) => match key_of(eo).cmp(&key_of(en)) {
+                    std::cmp::Ordering::Less => {
+                        deleted.push(a[x]);
+                        x += 1;
+                    }
+                    std::cmp::Ordering::Greater => {
+                        added.push(b[y]);
+                        y += 1;
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if eo.origins != en.origins {
+                            deleted.push(a[x]);
+                            added.push(b[y]);
+                        }
+                        x += 1;
+                        y += 1;
+                    }
+                },
+                (Some(_), None) => {
+                    deleted.push(a[x]);
+                    x += 1;
+                }
+                (None, _) => {
+                    added.push(b[y]);
+                    y += 1;
+                }
+            }
+        }
+        if !deleted.is_empty() || !added.is_empty() {
+            out.push(SetDiff {
+                set: i,
+                deleted,
+                added,
+            });
+        }
+    }
+    out
+}
+
+/// Builds the batch for `diffs` (from [`diff_elements`]): DELSETELEM messages
+/// for every set first, then NEWSETELEM messages, and nothing else (no table,
+/// set, chain or rule message, so rules, their counters and established flows
+/// are untouched). An element re-added with a new comment is deleted and added
+/// in this same batch, so the kernel's comments always name the entries an
+/// element serves. `None` if `diffs` is empty.
+pub fn build_update(
+    old: &Ruleset,
+    new: &Ruleset,
+    diffs: &[SetDiff],
+    first_seq: u32,
+) -> Result<Option<Batch>, RawError> {
+    if diffs.is_empty() {
+        return Ok(None);
+    }
+    let mut b = Builder::new(first_seq);
+    b.batch_marker(libc::NFNL_MSG_BATCH_BEGIN as u16, Part::Batch, 0);
+    // Deletes before adds: an element re-added with a new comment, or an
+    // interval that overlaps a deleted one, must not meet the old element.
+    for delete in [true, false] {
+        for d in diffs {
+            let (ruleset, indices) = if delete {
+                (old, &d.deleted)
+            } else {
+                (new, &d.added)
+            };
+            let set = &ruleset.sets[d.set];
+            let mut comments = CommentCache::default();
+            let ident = vec![
+                (sys::NFTNL_SET_TABLE, strv(TABLE)?),
+                (sys::NFTNL_SET_NAME, strv(set.name)?),
+            ];
+            let mut chunk: Vec<Vec<Attr>> = Vec::new();
+            let mut texts = Vec::new();
+            let mut origins = Vec::new();
+            let mut bytes = 0;
+            for (k, &i) in indices.iter().enumerate() {
+                let e = &set.elements[i];
+                let comment = comments.get(ruleset, &e.origins);
+                let (key, key_end) = element_keys(set, e);
+                let mut attrs = vec![(sys::NFTNL_SET_ELEM_KEY, key)];
+                if let Some(end) = key_end {
+                    attrs.push((sys::NFTNL_SET_ELEM_KEY_END, end));
+                }
+                if !delete {
+                    attrs.push((sys::NFTNL_SET_ELEM_USERDATA, element_udata(comment)));
+                }
+                bytes += attrs.iter().map(|(_, v)| v.len() + 8).sum::<usize>() + 8;
+                chunk.push(attrs);
+                texts.push(format!("{} . {} . {}", e.net, e.protocol, e.ports));
+                origins.push(comment.to_string());
+                if bytes > ELEMENTS_MESSAGE_BYTES || k + 1 == indices.len() {
+                    let (msg_type, flags) = if delete {
+                        (libc::NFT_MSG_DELSETELEM as u32, 0)
+                    } else {
+                        (libc::NFT_MSG_NEWSETELEM as u32, NLM_F_CREATE)
+                    };
+                    b.elements += chunk.len();
+                    let msg = b.put(
+                        msg_type,
+                        flags,
+                        &Object::Elements {
+                            set: &ident,
+                            elements: &chunk,
+                        },
+                        Part::UpdateElements {
+                            set: set.name.to_string(),
+                            delete,
+                            elements: std::mem::take(&mut texts),
+                            origins: std::mem::take(&mut origins),
+                        },
+                    )?;
+                    let (offset, len) = (msg.offset, msg.len);
+                    let spans = element_spans(&b.bytes[offset..offset + len]);
+                    b.messages.last_mut().expect("just pushed").element_spans = spans;
+                    chunk.clear();
+                    bytes = 0;
+                }
+            }
+        }
+    }
+    b.batch_marker(libc::NFNL_MSG_BATCH_END as u16, Part::BatchEnd, 0);
+    Ok(Some(Batch {
+        bytes: b.bytes,
+        messages: b.messages,
+        elements: b.elements,
+    }))
 }
 
 #[cfg(test)]

@@ -13,6 +13,11 @@
 //! each sequence number maps back to what the message was (a set, a chunk of
 //! elements, a rule with its comment), so a rejection names the policy entry.
 //!
+//! [`update_elements`] (for `egressc refresh`) sends a batch of DELSETELEM and
+//! NEWSETELEM messages only, for the elements that differ between two rulesets
+//! of the same policy: no table, chain or rule message, so the rules, their
+//! counters and established flows are untouched.
+//!
 //! # What the read-back proves
 //!
 //! After the commit, [`apply`] reads table inet egressc back over the same socket
@@ -43,6 +48,7 @@
 //!   that the whole table lists exactly as after `nft -f` of the rendered script.
 
 mod batch;
+pub use self::batch::SetChange;
 pub mod raw;
 
 use std::collections::HashMap;
@@ -54,7 +60,7 @@ use nftnl_sys as sys;
 use self::batch::{Batch, FAMILY, Part, TABLE};
 use self::raw::{NlSocket, Object, ParsedRule, RawError, strv};
 use crate::backend::CommentCache;
-use crate::ir::{ChainId, Ruleset, Set};
+use crate::ir::{ChainId, Element, Ruleset, Set};
 use crate::policy::model::DefaultAction;
 
 /// Errors of the netlink backend.
@@ -142,6 +148,203 @@ pub fn apply(ruleset: &Ruleset) -> Result<Applied, NetlinkError> {
         commit_time: committed - built,
         read_back_time: committed.elapsed(),
     })
+}
+
+/// What [`update_elements`] committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElementUpdate {
+    /// Per changed set: elements deleted and added (an element whose comment
+    /// changed counts in both). Empty if nothing changed and nothing was sent.
+    pub sets: Vec<batch::SetChange>,
+    /// Messages in the batch (including begin and end); 0 if nothing was sent.
+    pub messages: usize,
+    /// Bytes in the batch (one sendmsg); 0 if nothing was sent.
+    pub bytes: usize,
+    pub build_time: Duration,
+    pub commit_time: Duration,
+    pub read_back_time: Duration,
+}
+
+impl ElementUpdate {
+    pub fn added(&self) -> usize {
+        self.sets.iter().map(|s| s.added).sum()
+    }
+
+    pub fn deleted(&self) -> usize {
+        self.sets.iter().map(|s| s.deleted).sum()
+    }
+}
+
+/// Turns the set elements of `old` (what the kernel holds) into those of `new`
+/// in ONE batch of DELSETELEM and NEWSETELEM messages, sent with one sendmsg,
+/// then reads the changed sets back and compares them with `new`.
+///
+/// Read-back: a changed set below 5,000 elements is dumped and must equal
+/// `new`'s exactly (as after [`apply`]). In a larger set only what the batch
+/// changed is checked, since the rest was not part of it: every added element
+/// is looked up and must equal what was sent byte for byte (key, end,
+/// comment), and every deleted element not added back must be gone (its
+/// lookup fails with ENOENT), which [`apply`]'s lookups cannot see. A full
+/// lookup of 10,000 elements would cost more than the whole update.
+///
+/// The batch names no table, chain or rule, so the rules, their counters and
+/// established connections are untouched. The two rulesets must differ in set
+/// elements only (same sets, same rules): anything else is a
+/// [`NetlinkError::ReadBack`] before anything is sent. If no element changes,
+/// nothing is sent at all.
+///
+/// A delete of an element the kernel does not hold (the table is not what
+/// `old` says) makes the kernel reject the whole batch: nothing changes.
+pub fn update_elements(old: &Ruleset, new: &Ruleset) -> Result<ElementUpdate, NetlinkError> {
+    let start = Instant::now();
+    same_but_elements(old, new).map_err(NetlinkError::ReadBack)?;
+    let diffs = batch::diff_elements(old, new);
+    let sets: Vec<batch::SetChange> = diffs
+        .iter()
+        .map(|d| batch::SetChange {
+            set: new.sets[d.set].name,
+            deleted: d.deleted.len(),
+            added: d.added.len(),
+        })
+        .collect();
+    let Some(batch) = batch::build_update(old, new, &diffs, first_seq())? else {
+        return Ok(ElementUpdate {
+            sets,
+            messages: 0,
+            bytes: 0,
+            build_time: start.elapsed(),
+            commit_time: Duration::ZERO,
+            read_back_time: Duration::ZERO,
+        });
+    };
+    let sock = NlSocket::open().map_err(NetlinkError::Socket)?;
+    let built = Instant::now();
+    commit(&sock, &batch)?;
+    let committed = Instant::now();
+    for d in &diffs {
+        let set = &new.sets[d.set];
+        if set.elements.len() < FULL_DUMP_BELOW {
+            check_set_elements(&sock, new, set, &mut CommentCache::default())?;
+            continue;
+        }
+        // A large set: what the batch changed, byte for byte (see above).
+        let added = Set {
+            elements: d.added.iter().map(|&i| set.elements[i].clone()).collect(),
+            ..set.clone()
+        };
+        if !added.elements.is_empty() {
+            let want = batch::expected_elements(new, &added, &mut CommentCache::default());
+            check_elements_by_lookup(&sock, &added, &want)?;
+        }
+        check_absent(&sock, set, &d.gone(&old.sets[d.set], set))?;
+    }
+    Ok(ElementUpdate {
+        sets,
+        messages: batch.messages.len(),
+        bytes: batch.bytes.len(),
+        build_time: built - start,
+        commit_time: committed - built,
+        read_back_time: committed.elapsed(),
+    })
+}
+
+/// Checks that none of `gone` is in `set` any more: one GETSETELEM request
+/// (not a dump) per element, many to a sendmsg; each must fail with ENOENT.
+fn check_absent(sock: &NlSocket, set: &Set, gone: &[&Element]) -> Result<(), NetlinkError> {
+    let err = |source| NetlinkError::Dump {
+        what: "set elements",
+        source,
+    };
+    let ident = vec![
+        (sys::NFTNL_SET_TABLE, strv(TABLE)?),
+        (sys::NFTNL_SET_NAME, strv(set.name)?),
+    ];
+    sock.set_recv_timeout(Duration::from_secs(10))
+        .map_err(err)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    for round in gone.chunks(256) {
+        let first = first_seq();
+        let mut req = Vec::new();
+        for (k, e) in round.iter().enumerate() {
+            let (key, key_end) = batch::element_keys(set, e);
+            let mut attrs = vec![(sys::NFTNL_SET_ELEM_KEY, key)];
+            if let Some(end) = key_end {
+                attrs.push((sys::NFTNL_SET_ELEM_KEY_END, end));
+            }
+            raw::put_message(
+                &mut req,
+                libc::NFT_MSG_GETSETELEM as u16,
+                FAMILY,
+                (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
+                first.wrapping_add(k as u32),
+                &Object::Elements {
+                    set: &ident,
+                    elements: &[attrs],
+                },
+            )?;
+        }
+        sock.send(&req).map_err(err)?;
+        let mut done = vec![false; round.len()];
+        let mut pending = round.len();
+        while pending > 0 {
+            let n = sock
+                .recv(&mut buf, true)
+                .map_err(err)?
+                .ok_or_else(|| err(io::Error::other("no answer")))?;
+            for h in messages(&buf[..n]) {
+                let k = h.seq.wrapping_sub(first) as usize;
+                if k >= round.len() || done[k] {
+                    continue;
+                }
+                let e = round[k];
+                let still = || {
+                    Err(NetlinkError::ReadBack(format!(
+                        "{} . {} . {} is still in set {} after it was deleted",
+                        e.net, e.protocol, e.ports, set.name
+                    )))
+                };
+                if h.ty == NEWSETELEM {
+                    return still();
+                }
+                if h.ty != NLMSG_ERROR {
+                    continue;
+                }
+                let ack = parse_ack(&h).ok_or_else(|| err(io::Error::other("bad ack")))?;
+                match ack.errno {
+                    libc::ENOENT => {
+                        done[k] = true;
+                        pending -= 1;
+                    }
+                    0 => return still(),
+                    errno => return Err(err(io::Error::from_raw_os_error(errno))),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `new` differs from `old` in set elements only: the same default,
+/// the same sets (name, family, kind, purpose, in order) and the same rules.
+pub fn same_but_elements(old: &Ruleset, new: &Ruleset) -> Result<(), String> {
+    if old.default != new.default {
+        return Err("the default action differs".into());
+    }
+    let shape = |r: &Ruleset| -> Vec<_> {
+        r.sets
+            .iter()
+            .map(|s| (s.name, s.family, s.kind, s.purpose))
+            .collect()
+    };
+    if shape(old) != shape(new) {
+        return Err("the sets differ".into());
+    }
+    for chain in [ChainId::Output, ChainId::Deny] {
+        if old.chain(chain) != new.chain(chain) {
+            return Err(format!("the rules of chain {chain} differ"));
+        }
+    }
+    Ok(())
 }
 
 /// Reads table inet egressc back and compares it with `ruleset`: the chains (hook,
@@ -378,22 +581,40 @@ fn commit(sock: &NlSocket, batch: &Batch) -> Result<(), NetlinkError> {
         let mut detail = first.text.clone();
         if let Some(off) = first.offset {
             let off = off as usize;
-            if let Some(i) = msg
+            let i = msg
                 .element_spans
                 .iter()
-                .position(|(s, e)| *s <= off && off < *e)
-                && let Part::Elements {
-                    set,
-                    first: start,
-                    origins,
-                    ..
-                } = &msg.part
-            {
-                let elem = format!(
+                .position(|(s, e)| *s <= off && off < *e);
+            let elem = match (i, &msg.part) {
+                (
+                    Some(i),
+                    Part::Elements {
+                        set,
+                        first: start,
+                        origins,
+                        ..
+                    },
+                ) => Some(format!(
                     "element {} of set {set} from {}",
                     start + i,
                     origins.get(i).map(String::as_str).unwrap_or("?")
-                );
+                )),
+                (
+                    Some(i),
+                    Part::UpdateElements {
+                        set,
+                        elements,
+                        origins,
+                        ..
+                    },
+                ) => Some(format!(
+                    "element {} of set {set} from {}",
+                    elements.get(i).map(String::as_str).unwrap_or("?"),
+                    origins.get(i).map(String::as_str).unwrap_or("?")
+                )),
+                _ => None,
+            };
+            if let Some(elem) = elem {
                 detail = Some(match detail {
                     Some(d) => format!("{d}; {elem}"),
                     None => elem,
@@ -599,12 +820,7 @@ fn check_read_back(sock: &NlSocket, ruleset: &Ruleset, batch: &Batch) -> Result<
                 batch::set_key_len(set)
             ));
         }
-        let want = batch::expected_elements(ruleset, set, &mut comments);
-        if want.len() < FULL_DUMP_BELOW {
-            check_elements_by_dump(sock, set.name, want)?;
-        } else {
-            check_elements_by_lookup(sock, set, &want)?;
-        }
+        check_set_elements(sock, ruleset, set, &mut comments)?;
     }
 
     // Rules: in order, with the expressions and the comment the batch sent.
@@ -653,6 +869,22 @@ fn check_read_back(sock: &NlSocket, ruleset: &Ruleset, batch: &Batch) -> Result<
         }
     }
     Ok(())
+}
+
+/// Compares the elements of `set` in the kernel with the ruleset's: a full
+/// dump for small sets, lookups of every expected element for large ones.
+fn check_set_elements<'r>(
+    sock: &NlSocket,
+    ruleset: &Ruleset,
+    set: &'r Set,
+    comments: &mut CommentCache<'r>,
+) -> Result<(), NetlinkError> {
+    let want = batch::expected_elements(ruleset, set, comments);
+    if want.len() < FULL_DUMP_BELOW {
+        check_elements_by_dump(sock, set.name, want)
+    } else {
+        check_elements_by_lookup(sock, set, &want)
+    }
 }
 
 /// Compares a set's elements with a full dump: every expected element, exactly
