@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::ApplyError;
-use super::state::{Applied, Seen, SeenMap};
+use super::state::{Applied, Seen, SeenMap, seen_now};
 use crate::backend::netlink::{self, ElementUpdate};
 use crate::ir::Ruleset;
 use crate::policy::Policy;
@@ -101,19 +101,7 @@ pub fn effective(previous: &Applied, fresh: &Resolution, now: u64, grace: u64) -
     let mut seen = SeenMap::new();
     let mut changes = Vec::new();
     for (host, answer) in resolution.hosts.iter_mut() {
-        let mut addrs: BTreeMap<IpAddr, Seen> = answer
-            .addresses
-            .iter()
-            .map(|a| {
-                (
-                    a.addr,
-                    Seen {
-                        last_seen: now,
-                        ttl: a.ttl,
-                    },
-                )
-            })
-            .collect();
+        let mut addrs: BTreeMap<IpAddr, Seen> = seen_now(answer, now);
         let mut in_grace = Vec::new();
         for (addr, s) in previously_seen(previous, host) {
             if addrs.contains_key(&addr) {

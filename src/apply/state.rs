@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApplyError, Backend, Snapshot};
 use crate::policy::model::HostName;
-use crate::resolve::Resolution;
+use crate::resolve::{HostAnswer, Resolution};
 
 /// The record of the last apply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,27 +48,27 @@ pub struct Seen {
 /// Per host, per address: when it was last seen.
 pub type SeenMap = BTreeMap<HostName, BTreeMap<IpAddr, Seen>>;
 
+/// The addresses of one answer, seen at `now`.
+pub fn seen_now(answer: &HostAnswer, now: u64) -> BTreeMap<IpAddr, Seen> {
+    answer
+        .addresses
+        .iter()
+        .map(|a| {
+            let seen = Seen {
+                last_seen: now,
+                ttl: a.ttl,
+            };
+            (a.addr, seen)
+        })
+        .collect()
+}
+
 /// Every address of `resolution`, seen at `now`.
 pub fn seen_from(resolution: &Resolution, now: u64) -> SeenMap {
     resolution
         .hosts
         .iter()
-        .map(|(host, answer)| {
-            let addrs = answer
-                .addresses
-                .iter()
-                .map(|a| {
-                    (
-                        a.addr,
-                        Seen {
-                            last_seen: now,
-                            ttl: a.ttl,
-                        },
-                    )
-                })
-                .collect();
-            (host.clone(), addrs)
-        })
+        .map(|(host, answer)| (host.clone(), seen_now(answer, now)))
         .collect()
 }
 
