@@ -516,3 +516,42 @@ fn read_back_looks_up_every_element_of_a_large_interval_set() {
         "{text}"
     );
 }
+
+/// Comments go into the kernel as userdata and come back out in `nft list`,
+/// which is valid nft text: a comment that slipped past validation (here a
+/// ruleset edited after lowering) is refused before anything is sent, and the
+/// old ruleset stays as it was.
+#[test]
+fn comments_outside_the_allowlist_are_refused_before_the_kernel_sees_them() {
+    if !support::kernel_available(
+        "comments_outside_the_allowlist_are_refused_before_the_kernel_sees_them",
+    ) {
+        return;
+    }
+    let ns = Netns::new("nlcomment");
+    let good = ruleset(Path::new("examples/home-finance-agent/policy.yaml"));
+    apply_in(&ns, &good).expect("the example applies");
+    let before = ns.exec_ok("nft", &["list", "ruleset"]);
+    for (what, tamper) in [
+        (
+            "element",
+            Box::new(|rs: &mut Ruleset| {
+                rs.entries[0].label = "host x\" ; flush ruleset ; \"".into()
+            }) as Box<dyn Fn(&mut Ruleset)>,
+        ),
+        (
+            "rule",
+            Box::new(|rs: &mut Ruleset| rs.output[0].comment = "$evil".into()),
+        ),
+    ] {
+        let mut bad = good.clone();
+        tamper(&mut bad);
+        let err = apply_in(&ns, &bad).expect_err("a tampered comment must be refused");
+        assert!(err.contains("allowlist"), "{what}: {err}");
+        assert_eq!(
+            before,
+            ns.exec_ok("nft", &["list", "ruleset"]),
+            "{what}: the ruleset changed"
+        );
+    }
+}

@@ -293,6 +293,7 @@ fn table_attrs(flags: bool) -> Vec<Attr> {
 
 /// Builds the batch for `ruleset`; sequence numbers start at `first_seq`.
 pub fn build(ruleset: &Ruleset, first_seq: u32) -> Result<Batch, RawError> {
+    check_comments(ruleset)?;
     let mut b = Builder::new(first_seq);
     b.batch_marker(libc::NFNL_MSG_BATCH_BEGIN as u16, Part::Batch, 0);
 
@@ -371,6 +372,39 @@ pub fn build(ruleset: &Ruleset, first_seq: u32) -> Result<Batch, RawError> {
         messages: b.messages,
         elements: b.elements,
     })
+}
+
+/// The comments a batch stores (rule comments, element comments) pass the same
+/// quoted-string allowlist as the text backends before anything is encoded:
+/// they come back out of the kernel in `nft list`, whose text is valid nft
+/// (egressc's own snapshots feed it back to `nft -f`), so nothing unchecked
+/// may go in.
+fn check_comments(ruleset: &Ruleset) -> Result<(), RawError> {
+    let refuse = |what: &str, c: char| {
+        RawError::Refused(format!(
+            "{what} containing {} (not in the quoted-string allowlist)",
+            crate::text::describe_char(c)
+        ))
+    };
+    let mut comments = CommentCache::default();
+    for rule in ruleset.output.iter().chain(&ruleset.deny) {
+        if let Some(c) = rule
+            .comment
+            .chars()
+            .find(|c| !crate::text::is_quoted_safe(*c))
+        {
+            return Err(refuse("a rule comment", c));
+        }
+    }
+    for set in &ruleset.sets {
+        for e in &set.elements {
+            let comment = comments.get(ruleset, &e.origins);
+            if let Some(c) = comment.chars().find(|c| !crate::text::is_quoted_safe(*c)) {
+                return Err(refuse("an element comment", c));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Userdata TLVs as libnftnl writes them: type, length, value.
@@ -1138,6 +1172,7 @@ pub fn build_update(
     if diffs.is_empty() {
         return Ok(None);
     }
+    check_comments(new)?;
     let mut b = Builder::new(first_seq);
     b.batch_marker(libc::NFNL_MSG_BATCH_BEGIN as u16, Part::Batch, 0);
     // Deletes before adds: an element re-added with a new comment, or an
