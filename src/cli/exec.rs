@@ -16,7 +16,7 @@ use egressc::policy::{self, Loaded, PolicyError, TargetFormat};
 use egressc::privileges::{self, Drop};
 use egressc::resolve::lock as lockfile;
 
-use super::{Failure, resolve_live};
+use super::{Failure, SourceArgs, resolve_live};
 
 /// Exit codes of `egressc exec` when it stops before running the workload.
 pub enum ExecStep {
@@ -45,18 +45,11 @@ fn fail(step: ExecStep, error: impl Into<anyhow::Error>) -> Failure {
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The policy file; without it, the policy YAML is read from $EGRESSC_POLICY.
+    /// The policy file; without it, the policy YAML is read from $EGRESSC_POLICY
+    /// (then --locked needs --lock-file).
     policy: Option<PathBuf>,
-    /// Use the lock file instead of DNS.
-    #[arg(long)]
-    locked: bool,
-    /// The lock file (default: the policy path with `.lock` appended; required
-    /// with --locked when the policy comes from $EGRESSC_POLICY).
-    #[arg(long, value_name = "PATH")]
-    lock_file: Option<PathBuf>,
-    /// Ask the pinned resolvers over TCP only.
-    #[arg(long)]
-    dns_tcp: bool,
+    #[command(flatten)]
+    source: SourceArgs,
     /// Run the command as this user (name or uid).
     #[arg(long, value_name = "NAME|UID")]
     user: Option<String>,
@@ -91,8 +84,8 @@ fn load(args: &Args) -> Result<Loaded, Failure> {
 
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let loaded = load(&args)?;
-    let resolution = if args.locked {
-        let lock = match (&args.lock_file, &args.policy) {
+    let resolution = if args.source.locked {
+        let lock = match (&args.source.lock_file, &args.policy) {
             (Some(lock), _) => lock.clone(),
             (None, Some(policy)) => lockfile::lock_path(policy),
             (None, None) => {
@@ -108,7 +101,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             .unwrap_or_else(|| PathBuf::from("$EGRESSC_POLICY"));
         lockfile::read(&lock, &shown, &loaded.policy).map_err(|e| fail(ExecStep::Resolve, e))?
     } else {
-        resolve_live(&loaded, args.dns_tcp).map_err(|e| fail(ExecStep::Resolve, e))?
+        resolve_live(&loaded, args.source.dns_tcp).map_err(|e| fail(ExecStep::Resolve, e))?
     };
     let ruleset =
         lower::lower(&loaded.policy, &resolution).map_err(|e| fail(ExecStep::Resolve, e))?;
