@@ -55,6 +55,15 @@ const fn ascii_table(marks: &[u8], more: &[u8]) -> [bool; 128] {
 }
 
 /// The first character of `s` that is not quoted-safe, if any.
+///
+/// ```
+/// use egressc::text::first_unsafe_quoted;
+///
+/// assert_eq!(first_unsafe_quoted("[EGRESS-DENIED] "), None);
+/// // A quote would end an nft string; what follows would be parsed as rules.
+/// assert_eq!(first_unsafe_quoted("x\"\nip daddr 0.0.0.0/0 accept"), Some((1, '"')));
+/// assert_eq!(first_unsafe_quoted("$var"), Some((0, '$')));
+/// ```
 pub fn first_unsafe_quoted(s: &str) -> Option<(usize, char)> {
     s.chars().enumerate().find(|(_, c)| !is_quoted_safe(*c))
 }
