@@ -18,67 +18,27 @@
 //! `cargo bench --bench apply`
 
 mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{measure, median, ms};
+use support::Netns;
 
 const EGRESSC: &str = env!("CARGO_BIN_EXE_egressc");
 const RUNS: usize = 7;
 const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
-
-/// A fresh network namespace, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("egc-bench-{tag}-{}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("ip netns add")
-            .success();
-        assert!(ok, "ip netns add {name}");
-        Netns(name)
-    }
-
-    fn exec(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0, program])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        c
-    }
-
-    /// Runs `f` on a thread that entered the namespace.
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.0);
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("open netns");
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("netns thread panicked")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 /// One whole-process run of egressc apply in a fresh namespace and state dir.
 fn run_egressc(policy: &Path, state: &Path) -> (Duration, u64) {
     let _ = std::fs::remove_dir_all(state);
     std::fs::create_dir_all(state).unwrap();
     let ns = Netns::new("egressc");
-    let mut cmd = ns.exec(EGRESSC);
+    let mut cmd = ns.command(EGRESSC);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
     cmd.arg("apply")
         .arg(policy)
         .args(["--locked", "--backend", "netlink"])
@@ -89,7 +49,8 @@ fn run_egressc(policy: &Path, state: &Path) -> (Duration, u64) {
 /// One whole-process run of nft -f in a fresh namespace.
 fn run_nft(script: &Path) -> (Duration, u64) {
     let ns = Netns::new("nft");
-    let mut cmd = ns.exec("nft");
+    let mut cmd = ns.command("nft");
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
     cmd.arg("-f").arg(script);
     measure(&mut cmd)
 }
@@ -125,7 +86,7 @@ fn main() {
     }
     let mut policies = Vec::new();
     for addresses in SIZES {
-        let policy = common::fixture(dir.path(), addresses, "");
+        let policy = support::address_fixture(dir.path(), addresses, "");
         policies.push((addresses, policy.clone()));
         if only_phases {
             continue;

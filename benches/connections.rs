@@ -83,8 +83,8 @@ fn main() {
 
     let dir = tempfile::tempdir().unwrap();
     let server_entry = "  - cidr: 10.99.0.2\n    ports: [443]\n";
-    let policy = common::fixture(dir.path(), 100_000, server_entry);
-    let small = common::fixture(dir.path(), 0, server_entry);
+    let policy = support::address_fixture(dir.path(), 100_000, server_entry);
+    let small = support::address_fixture(dir.path(), 0, server_entry);
     let render_policy = |policy: &std::path::Path, format: &str, name: &str| {
         let out = dir.path().join(format!("{name}.{format}"));
         let status = Command::new(EGRESSC)

@@ -8,6 +8,8 @@
 //! `cargo bench --bench render`
 
 mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::process::{Command, Stdio};
 
@@ -29,7 +31,7 @@ fn main() {
         "addresses", "egressc ms", "egressc KiB", "nft -c ms", "nft KiB", "ratio"
     );
     for addresses in [1_000, 10_000, 100_000] {
-        let policy = common::fixture(dir.path(), addresses, "");
+        let policy = support::address_fixture(dir.path(), addresses, "");
         let out = dir.path().join(format!("bench-{addresses}.nft"));
         let mut render = Command::new(EGRESSC);
         render

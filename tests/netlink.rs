@@ -9,7 +9,6 @@
 mod support;
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -17,18 +16,6 @@ use egressc::backend::netlink::{self, NetlinkError};
 use egressc::ir::{Element, Origin, Ruleset, SetKind};
 use egressc::policy::model::{DefaultAction, PortRange};
 use support::{Netns, write_file};
-
-fn examples() -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir("examples")
-        .unwrap()
-        .filter_map(|e| {
-            let p = e.ok()?.path().join("policy.yaml");
-            p.exists().then_some(p)
-        })
-        .collect();
-    found.sort();
-    found
-}
 
 /// The ruleset of a policy with its committed lock (what `render --locked` uses).
 fn ruleset(policy: &Path) -> Ruleset {
@@ -127,7 +114,7 @@ fn every_example_applies_exactly_like_nft_f() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    for policy in examples() {
+    for policy in support::examples() {
         let mut rs = ruleset(&policy);
         let label = policy
             .parent()
@@ -143,55 +130,13 @@ fn every_example_applies_exactly_like_nft_f() {
     }
 }
 
-/// A policy of `addresses` single IPv4 addresses (1,000 per host), as in
-/// benches/render.rs.
-fn big_fixture(dir: &Path, addresses: usize) -> PathBuf {
-    const PER_HOST: usize = 1000;
-    let hosts = addresses / PER_HOST;
-    let mut policy = String::from(
-        "version: 1\nname: big\ndefault: deny\ndns:\n  resolvers: [127.0.0.1]\nallow:\n",
-    );
-    for h in 0..hosts {
-        writeln!(policy, "  - host: h{h}.big.test\n    ports: [443]").unwrap();
-    }
-    let path = dir.join(format!("big-{addresses}.yaml"));
-    std::fs::write(&path, &policy).unwrap();
-    let mut lock = format!(
-        "{{\"lock_format\":1,\"policy_sha256\":\"{}\",\"resolved_at\":\"2026-01-01T00:00:00Z\",\"resolvers\":[\"127.0.0.1\"],\"port\":53,\"hosts\":{{",
-        egressc::policy::sha256_hex(policy.as_bytes())
-    );
-    let base = u32::from(Ipv4Addr::new(10, 0, 0, 0));
-    for h in 0..hosts {
-        if h > 0 {
-            lock.push(',');
-        }
-        write!(lock, "\"h{h}.big.test\":{{\"addresses\":[").unwrap();
-        for a in 0..PER_HOST {
-            if a > 0 {
-                lock.push(',');
-            }
-            let n = (h * PER_HOST + a) as u32;
-            write!(
-                lock,
-                "{{\"addr\":\"{}\",\"ttl\":300}}",
-                Ipv4Addr::from(base + n * 3 + 1)
-            )
-            .unwrap();
-        }
-        lock.push_str("]}");
-    }
-    lock.push_str("}}\n");
-    std::fs::write(dir.join(format!("big-{addresses}.yaml.lock")), lock).unwrap();
-    path
-}
-
 #[test]
 fn hundred_thousand_addresses_apply_in_one_batch_like_nft_f() {
     if !support::kernel_available("hundred_thousand_addresses_apply_in_one_batch_like_nft_f") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let policy = big_fixture(dir.path(), 100_000);
+    let policy = support::address_fixture(dir.path(), 100_000, "");
     let rs = ruleset(&policy);
     let elements: usize = rs.sets.iter().map(|s| s.elements.len()).sum();
     assert!(elements >= 100_000, "{elements}");
@@ -205,7 +150,7 @@ fn reapply_replaces_the_table() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let policies = examples();
+    let policies = support::examples();
     let (a, b) = (ruleset(&policies[0]), ruleset(&policies[1]));
     let ns = Netns::new("nlre");
     apply_in(&ns, &a).unwrap();
@@ -221,20 +166,6 @@ fn reapply_replaces_the_table() {
     );
 }
 
-const FOREIGN: &str = "table ip nat {\n chain POSTROUTING { type nat hook postrouting priority srcnat; policy accept; oifname \"eth0\" masquerade; }\n}\n\
-table ip filter {\n chain DOCKER-USER { return; }\n chain FORWARD { type filter hook forward priority filter; policy drop; jump DOCKER-USER; }\n}\n\
-table inet other {\n set keep { type ipv4_addr; elements = { 192.0.2.99 }; }\n chain output { type filter hook output priority 10; policy accept; ip daddr @keep counter; }\n}\n";
-
-fn foreign_listing(ns: &Netns) -> Vec<String> {
-    ["ip nat", "ip filter", "inet other"]
-        .iter()
-        .map(|t| {
-            let args: Vec<&str> = ["list", "table"].into_iter().chain(t.split(' ')).collect();
-            ns.exec_ok("nft", &args)
-        })
-        .collect()
-}
-
 #[test]
 fn foreign_tables_stay_byte_identical_across_apply_reapply_and_remove() {
     if !support::kernel_available(
@@ -244,24 +175,23 @@ fn foreign_tables_stay_byte_identical_across_apply_reapply_and_remove() {
     }
     let dir = tempfile::tempdir().unwrap();
     let ns = Netns::new("nlforeign");
-    let foreign = write_file(dir.path(), "foreign.nft", FOREIGN);
-    ns.exec_ok("nft", &["-f", foreign.to_str().unwrap()]);
-    let before = foreign_listing(&ns);
-    let policies = examples();
+    support::add_foreign_nft(&ns, dir.path());
+    let before = support::foreign_nft_listing(&ns);
+    let policies = support::examples();
     let (a, b) = (ruleset(&policies[0]), ruleset(&policies[1]));
 
     assert!(!ns.run(|| netlink::table_exists().unwrap()));
     apply_in(&ns, &a).unwrap();
-    assert_eq!(before, foreign_listing(&ns), "after apply");
+    assert_eq!(before, support::foreign_nft_listing(&ns), "after apply");
     apply_in(&ns, &b).unwrap();
-    assert_eq!(before, foreign_listing(&ns), "after re-apply");
+    assert_eq!(before, support::foreign_nft_listing(&ns), "after re-apply");
     assert!(ns.run(|| netlink::table_exists().unwrap()));
 
     assert!(
         ns.run(|| netlink::remove().unwrap()),
         "remove found no table"
     );
-    assert_eq!(before, foreign_listing(&ns), "after remove");
+    assert_eq!(before, support::foreign_nft_listing(&ns), "after remove");
     let tables = ns.exec_ok("nft", &["list", "tables"]);
     assert!(!tables.contains("egressc"), "{tables}");
     assert_eq!(tables.lines().count(), 3, "{tables}");
@@ -306,9 +236,8 @@ fn rejected_batch_keeps_the_old_ruleset_and_names_the_culprit() {
     }
     let dir = tempfile::tempdir().unwrap();
     let ns = Netns::new("nlreject");
-    let foreign = write_file(dir.path(), "foreign.nft", FOREIGN);
-    ns.exec_ok("nft", &["-f", foreign.to_str().unwrap()]);
-    let policies = examples();
+    support::add_foreign_nft(&ns, dir.path());
+    let policies = support::examples();
     let ci = policies
         .iter()
         .find(|p| p.to_str().unwrap().contains("ci-runner"))
@@ -353,7 +282,7 @@ fn read_back_notices_a_table_that_differs_from_the_ruleset() {
         return;
     }
     let ns = Netns::new("nlreadback");
-    let rs = ruleset(&examples()[0]);
+    let rs = ruleset(&support::examples()[0]);
     apply_in(&ns, &rs).unwrap();
     let again = rs.clone();
     ns.run(move || netlink::read_back(&again)).unwrap();
@@ -392,7 +321,7 @@ fn read_back_notices_a_missing_or_changed_element_in_a_large_set() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let policy = big_fixture(dir.path(), 20_000);
+    let policy = support::address_fixture(dir.path(), 20_000, "");
     let rs = ruleset(&policy);
     // Large enough that elements are looked up one by one, not dumped.
     let set = rs

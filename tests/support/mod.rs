@@ -5,7 +5,9 @@
 //! sends a hand-built DNS packet so a test can tell "answered" from "dropped".
 #![allow(dead_code)]
 
+use std::fmt::Write as _;
 use std::io::{Read, Write};
+use std::net::Ipv4Addr;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -405,4 +407,53 @@ pub fn egressc(args: &[&str], netns: Option<&Netns>) -> Output {
         None => Command::new(EGRESSC),
     };
     cmd.args(args).output().expect("run egressc")
+}
+
+const ADDRESSES_PER_HOST: usize = 1000;
+
+/// Writes a policy with N/1000 hosts and a lock giving each host 1000 addresses
+/// (spread out: nothing aggregates), plus `extra_entries` (YAML allow items).
+pub fn address_fixture(
+    dir: &std::path::Path,
+    addresses: usize,
+    extra_entries: &str,
+) -> std::path::PathBuf {
+    let hosts = addresses / ADDRESSES_PER_HOST;
+    let mut policy = String::from(
+        "version: 1\nname: bench\ndefault: deny\ndns:\n  resolvers: [127.0.0.1]\nallow:\n",
+    );
+    for h in 0..hosts {
+        writeln!(policy, "  - host: h{h}.bench.test\n    ports: [443]").unwrap();
+    }
+    policy.push_str(extra_entries);
+    let path = dir.join(format!("bench-{addresses}.yaml"));
+    std::fs::write(&path, &policy).unwrap();
+    let mut lock = format!(
+        "{{\"lock_format\":1,\"policy_sha256\":\"{}\",\"resolved_at\":\"2026-01-01T00:00:00Z\",\"resolvers\":[\"127.0.0.1\"],\"port\":53,\"hosts\":{{",
+        egressc::policy::sha256_hex(policy.as_bytes())
+    );
+    let base = u32::from(Ipv4Addr::new(10, 0, 0, 0));
+    for h in 0..hosts {
+        if h > 0 {
+            lock.push(',');
+        }
+        write!(lock, "\"h{h}.bench.test\":{{\"addresses\":[").unwrap();
+        for a in 0..ADDRESSES_PER_HOST {
+            let n = (h * ADDRESSES_PER_HOST + a) as u32;
+            if a > 0 {
+                lock.push(',');
+            }
+            // Spread out so nothing aggregates: one hash-set element per address.
+            write!(
+                lock,
+                "{{\"addr\":\"{}\",\"ttl\":300}}",
+                Ipv4Addr::from(base + n * 3 + 1)
+            )
+            .unwrap();
+        }
+        lock.push_str("]}");
+    }
+    lock.push_str("}}\n");
+    std::fs::write(dir.join(format!("bench-{addresses}.yaml.lock")), lock).unwrap();
+    path
 }
