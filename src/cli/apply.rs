@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use egressc::apply::{self, state};
-use egressc::ir::lower;
 
-use super::{BackendArg, Failure, SourceArgs, load_policy, resolution};
+use super::{BackendArg, Compiled, Failure, SourceArgs, compile};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -32,9 +31,11 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let backend = args.backend.backend();
-    let loaded = load_policy(&args.policy, args.backend.target())?;
-    let resolution = resolution(&args.policy, &loaded, &args.source)?;
-    let ruleset = lower::lower(&loaded.policy, &resolution).map_err(Failure::operational)?;
+    let Compiled {
+        loaded,
+        resolution,
+        ruleset,
+    } = compile(&args.policy, args.backend.target(), &args.source)?;
 
     // An unconfirmed earlier apply: the rollback target stays the state before it.
     let pending = state::pending_rollbacks().map_err(Failure::operational)?;

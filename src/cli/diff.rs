@@ -8,10 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use egressc::apply::state;
-use egressc::ir::lower;
 use egressc::policy::TargetFormat;
 
-use super::{Failure, SourceArgs, load_policy, resolution};
+use super::{Compiled, Failure, SourceArgs, compile};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -40,9 +39,11 @@ fn rule_lines(script: &str) -> Vec<String> {
 }
 
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
-    let loaded = load_policy(&args.policy, TargetFormat::Nft)?;
-    let new_resolution = resolution(&args.policy, &loaded, &args.source)?;
-    let ruleset = lower::lower(&loaded.policy, &new_resolution).map_err(Failure::operational)?;
+    let Compiled {
+        resolution: new_resolution,
+        ruleset,
+        ..
+    } = compile(&args.policy, TargetFormat::Nft, &args.source)?;
     let new_script = egressc::backend::nft::render(&ruleset).map_err(Failure::operational)?;
     let old = state::read_applied().map_err(Failure::operational)?;
     // The applied ruleset, rebuilt from the record and rendered the same way.

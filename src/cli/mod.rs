@@ -297,11 +297,27 @@ pub fn resolve_live(loaded: &Loaded, dns_tcp: bool) -> Result<Resolution, dns::R
     Ok(resolved.resolution)
 }
 
-/// The whole pipeline up to the IR.
-pub fn compile(path: &Path, format: TargetFormat, source: &SourceArgs) -> Result<Ruleset, Failure> {
+/// The whole pipeline up to the IR, with what it was built from.
+pub struct Compiled {
+    pub loaded: Loaded,
+    pub resolution: Resolution,
+    pub ruleset: Ruleset,
+}
+
+/// Load, resolve (or read the lock), lower.
+pub fn compile(
+    path: &Path,
+    format: TargetFormat,
+    source: &SourceArgs,
+) -> Result<Compiled, Failure> {
     let loaded = load_policy(path, format)?;
     let resolution = resolution(path, &loaded, source)?;
-    ir::lower::lower(&loaded.policy, &resolution).map_err(Failure::operational)
+    let ruleset = ir::lower::lower(&loaded.policy, &resolution).map_err(Failure::operational)?;
+    Ok(Compiled {
+        loaded,
+        resolution,
+        ruleset,
+    })
 }
 
 /// Writes `bytes` to `path` atomically (temporary file, then rename), so a reader

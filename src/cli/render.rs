@@ -21,7 +21,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
-    let ruleset = compile(&args.policy, args.format.target(), &args.source)?;
+    let ruleset = compile(&args.policy, args.format.target(), &args.source)?.ruleset;
     // Rendered in full before anything is written: a failure prints nothing.
     let text =
         egressc::backend::render(&ruleset, args.format.format()).map_err(Failure::operational)?;
