@@ -112,19 +112,20 @@ impl Snapshot {
     }
 }
 
-/// Reads egressc's current state for `backend`.
-pub fn snapshot(backend: Backend) -> Result<Snapshot, ApplyError> {
+/// Reads egressc's current state for `backend`. `record` is egressc's record of
+/// what it last applied (the caller has read it already).
+// Only the netlink snapshot uses the record (nft and iptables list the kernel).
+#[cfg_attr(not(feature = "netlink"), allow(unused_variables))]
+pub fn snapshot(backend: Backend, record: Option<&state::Applied>) -> Result<Snapshot, ApplyError> {
     match backend {
         #[cfg(feature = "netlink")]
         Backend::Netlink => {
             use crate::backend::netlink;
             let present = netlink::table_exists()?;
             // nft and netlink build the same table, so a record from either fits.
-            let previous = if present {
-                state::read_applied()?.filter(|a| a.backend != Backend::Iptables)
-            } else {
-                None
-            };
+            let previous = record
+                .filter(|a| present && a.backend != Backend::Iptables)
+                .cloned();
             let listing = if present && previous.is_none() {
                 nft_cli::list_table().ok().flatten()
             } else {

@@ -48,14 +48,15 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             state::snapshot_backend(&p.snapshot)
         )));
     }
-    let before = apply::snapshot(backend).map_err(Failure::operational)?;
+    // Read once: the snapshot and the rollback both need it.
+    let previous = state::read_applied().map_err(Failure::operational)?;
+    let before = apply::snapshot(backend, previous.as_ref()).map_err(Failure::operational)?;
     if !before.restorable() {
         // Without a way back, a failed read-back could not be undone either.
         return Err(Failure::operational(anyhow!(
             "table inet egressc exists but egressc has no record of it and nft is not installed to save it; remove it first (`egressc remove`) or install nft"
         )));
     }
-    let previous = state::read_applied().map_err(Failure::operational)?;
 
     apply::apply(backend, &ruleset, &before).map_err(Failure::operational)?;
 
