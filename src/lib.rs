@@ -24,5 +24,6 @@ pub mod backend;
 pub mod ir;
 pub mod policy;
 pub mod privileges;
+pub mod proxy;
 pub mod resolve;
 pub mod text;
