@@ -84,6 +84,25 @@ fn set_id(family: Family, kind: SetKind, purpose: SetPurpose) -> SetId {
 
 /// Builds the ruleset for `policy` with the addresses in `resolution`.
 pub fn lower(policy: &Policy, resolution: &Resolution) -> Result<Ruleset, LowerError> {
+    lower_inner(policy, resolution, false)
+}
+
+/// Like [`lower`], but a required host without addresses allows nothing instead
+/// of being an error. For `watch`: when a required host's addresses run out of
+/// grace during a resolver outage, its entries fail closed while the rest of the
+/// policy keeps being enforced.
+pub fn lower_allowing_empty(
+    policy: &Policy,
+    resolution: &Resolution,
+) -> Result<Ruleset, LowerError> {
+    lower_inner(policy, resolution, true)
+}
+
+fn lower_inner(
+    policy: &Policy,
+    resolution: &Resolution,
+    allow_empty: bool,
+) -> Result<Ruleset, LowerError> {
     let mut sets: Vec<Set> = SET_LAYOUT
         .iter()
         .map(|(name, family, kind, purpose)| Set {
@@ -121,7 +140,7 @@ pub fn lower(policy: &Policy, resolution: &Resolution) -> Result<Ruleset, LowerE
                     .hosts
                     .get(host)
                     .ok_or_else(|| LowerError::HostMissing(host.clone()))?;
-                if answer.addresses.is_empty() && !entry.optional {
+                if answer.addresses.is_empty() && !entry.optional && !allow_empty {
                     return Err(LowerError::HostWithoutAddresses(host.clone()));
                 }
                 answer
