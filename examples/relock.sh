@@ -7,7 +7,9 @@
 # documentation-range addresses (RFC 5737, RFC 3849). `egressc lock` itself runs
 # unchanged and talks only to the pinned addresses, as it would in production.
 #
-# Usage (root): examples/relock.sh [path/to/egressc]
+# Usage (root): examples/relock.sh [path/to/egressc [policy.yaml...]]
+# (all examples when no policy is named; a relock changes `resolved_at`, so
+# relock only what changed to keep the other snapshots as they are)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 egressc=${1:-$here/../target/debug/egressc}
@@ -71,6 +73,8 @@ done
   local-data: "debian.map.fastlydns.net. 30 IN A 198.51.100.50"
   local-data: "debian.map.fastlydns.net. 30 IN AAAA 2001:db8:50::50"
   local-data: "metrics.ci.internal. 300 IN A 10.20.9.9"
+  local-data: "pypi.org. 300 IN A 203.0.113.60"
+  local-data: "pypi.org. 300 IN AAAA 2001:db8:60::1"
 CONF
 } > "$conf/unbound.conf"
 # fastlydns.net is outside the zones above: give it its own static zone.
@@ -79,6 +83,8 @@ sed -i 's/^  local-zone: "internal." static$/&\n  local-zone: "fastlydns.net." s
 ip netns exec "$ns" unbound -d -c "$conf/unbound.conf" &
 pid=$!
 sleep 1
-for policy in "$here"/*/policy.yaml; do
+policies=("${@:2}")
+[ ${#policies[@]} -gt 0 ] || policies=("$here"/*/policy.yaml)
+for policy in "${policies[@]}"; do
   ip netns exec "$ns" "$egressc" lock "$policy"
 done

@@ -24,9 +24,11 @@ pub fn is_render_safe(c: char) -> bool {
 }
 
 /// The punctuation allowed inside quotes (besides ASCII letters and digits).
-const QUOTED_MARKS: &[u8] = b" []()-_.:/,+=@";
+/// `*` is here for wildcard entries (`host *.example.com` in comments): it
+/// means nothing inside an nft or iptables-restore quoted string.
+const QUOTED_MARKS: &[u8] = b" []()-_.:/,+=@*";
 /// The punctuation allowed in generated bare text, in addition.
-const RENDER_MARKS: &[u8] = b"{}<>!*";
+const RENDER_MARKS: &[u8] = b"{}<>!";
 
 // Lookup tables: the check runs on every byte of every rendered value (millions
 // of them for a large address list), so it is one array index, not a search.
@@ -104,9 +106,9 @@ mod tests {
     fn tables_match_the_documented_sets() {
         for b in 0u8..128 {
             let c = b as char;
-            let quoted = c.is_ascii_alphanumeric() || " []()-_.:/,+=@".contains(c);
+            let quoted = c.is_ascii_alphanumeric() || " []()-_.:/,+=@*".contains(c);
             assert_eq!(is_quoted_safe(c), quoted, "{c:?}");
-            assert_eq!(is_render_safe(c), quoted || "{}<>!*".contains(c), "{c:?}");
+            assert_eq!(is_render_safe(c), quoted || "{}<>!".contains(c), "{c:?}");
         }
     }
 

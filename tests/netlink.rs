@@ -484,3 +484,121 @@ fn comments_outside_the_allowlist_are_refused_before_the_kernel_sees_them() {
         );
     }
 }
+
+/// The proxy example's learned set in the kernel: (element, timeout in s, comment).
+fn learned(ns: &Netns, set: &str) -> Vec<(String, u64, String)> {
+    let out = ns.exec_ok("nft", &["-j", "list", "set", "inet", "egressc", set]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("nft -j output");
+    let mut found = Vec::new();
+    for item in v["nftables"].as_array().unwrap() {
+        let Some(elems) = item["set"]["elem"].as_array() else {
+            continue;
+        };
+        for e in elems {
+            let e = &e["elem"];
+            let key: Vec<String> = e["val"]["concat"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_str().map(String::from).unwrap_or(p.to_string()))
+                .collect();
+            found.push((
+                key.join(" . "),
+                e["timeout"].as_u64().unwrap(),
+                e["comment"].as_str().unwrap_or("").to_string(),
+            ));
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn the_proxy_gate_adds_answers_with_ttl_plus_grace_and_never_shortens_them() {
+    if !support::kernel_available(
+        "the_proxy_gate_adds_answers_with_ttl_plus_grace_and_never_shortens_them",
+    ) {
+        return;
+    }
+    use egressc::apply::learn::PolicyGate;
+    use egressc::proxy::Gate;
+    use egressc::resolve::ResolvedAddr;
+    use std::time::Duration;
+
+    let policy_path = Path::new("examples/proxy-agent/policy.yaml");
+    let rs = ruleset(policy_path);
+    let policy = egressc::policy::load(policy_path, Default::default())
+        .unwrap()
+        .policy;
+    let ns = Netns::new("gate");
+    apply_in(&ns, &rs).expect("applies");
+    let (p, r) = (policy.clone(), rs.clone());
+    let gate = ns.run(move || PolicyGate::new(p, r, Duration::from_secs(300)).expect("gate opens"));
+    let gate = std::sync::Arc::new(gate);
+
+    assert!(gate.allows("raw.githubusercontent.com"));
+    assert!(gate.allows("a.b.files.pythonhosted.org"));
+    assert!(gate.allows("api.github.com"));
+    assert!(
+        !gate.allows("githubusercontent.com"),
+        "a wildcard is not its apex"
+    );
+    assert!(!gate.allows("exfil.attacker.example"));
+
+    let addr = |a: &str, ttl| ResolvedAddr {
+        addr: a.parse().unwrap(),
+        ttl,
+    };
+    let g = gate.clone();
+    let counts = ns.run(move || {
+        g.learn_counted(
+            "raw.githubusercontent.com",
+            &[addr("192.0.2.80", 60), addr("2001:db8:80::1", 60)],
+        )
+    });
+    assert_eq!(counts.unwrap().written, 2);
+    let v4 = learned(&ns, "proxy_v4");
+    assert_eq!(v4.len(), 1, "{v4:?}");
+    assert_eq!(v4[0].0, "192.0.2.80 . tcp . 443");
+    assert_eq!(v4[0].1, 360, "timeout = TTL 60 + grace 300");
+    assert_eq!(
+        v4[0].2,
+        "proxy raw.githubusercontent.com: allow[1] host *.githubusercontent.com"
+    );
+    assert_eq!(learned(&ns, "proxy_v6")[0].0, "2001:db8:80::1 . tcp . 443");
+    // The static sets are not touched.
+    assert!(
+        !ns.exec_ok("nft", &["list", "set", "inet", "egressc", "allow_v4_addrs"])
+            .contains("192.0.2.80")
+    );
+
+    // A later answer with a smaller TTL (a cache counting down) writes nothing
+    // and leaves the kernel's timeout alone; a larger one extends it.
+    let g = gate.clone();
+    let counts =
+        ns.run(move || g.learn_counted("raw.githubusercontent.com", &[addr("192.0.2.80", 10)]));
+    assert_eq!(counts.unwrap().written, 0);
+    assert_eq!(learned(&ns, "proxy_v4")[0].1, 360);
+    let g = gate.clone();
+    let counts =
+        ns.run(move || g.learn_counted("raw.githubusercontent.com", &[addr("192.0.2.80", 900)]));
+    assert_eq!(counts.unwrap().written, 1);
+    assert_eq!(learned(&ns, "proxy_v4")[0].1, 1200);
+
+    // After the table is replaced the gate must write again, not trust its memory.
+    apply_in(&ns, &rs).expect("re-applies");
+    assert!(learned(&ns, "proxy_v4").is_empty());
+    gate.forget();
+    let g = gate.clone();
+    let counts =
+        ns.run(move || g.learn_counted("raw.githubusercontent.com", &[addr("192.0.2.80", 60)]));
+    assert_eq!(counts.unwrap().written, 1);
+    assert_eq!(learned(&ns, "proxy_v4").len(), 1);
+
+    // Without the table, learning fails (the proxy then answers SERVFAIL).
+    ns.exec_ok("nft", &["delete", "table", "inet", "egressc"]);
+    gate.forget();
+    let g = gate.clone();
+    let failed = ns.run(move || g.learn("raw.githubusercontent.com", &[addr("192.0.2.81", 60)]));
+    assert!(failed.is_err(), "{failed:?}");
+}

@@ -29,8 +29,24 @@ fn every_example_renders_in_every_format_as_snapshotted() {
             .to_str()
             .unwrap()
             .to_string();
+        let proxy_mode = support::uses_proxy(&policy);
         let policy = policy.to_str().unwrap();
-        for format in ["nft", "iptables", "ip6tables"] {
+        if proxy_mode {
+            // Proxy mode needs nftables: iptables output is refused, with why.
+            for format in ["iptables", "ip6tables"] {
+                let out = egressc(&["render", policy, "--locked", "--format", format], None);
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert_eq!(out.status.code(), Some(1), "{policy} {format}: {stderr}");
+                assert!(out.stdout.is_empty());
+                assert!(stderr.contains("proxy-needs-nftables"), "{stderr}");
+            }
+        }
+        let formats: &[&str] = if proxy_mode {
+            &["nft"]
+        } else {
+            &["nft", "iptables", "ip6tables"]
+        };
+        for &format in formats {
             let text = render(policy, format);
             // Rendering from a lock is byte-stable.
             assert_eq!(

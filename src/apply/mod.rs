@@ -16,6 +16,8 @@
 //! [`Snapshot`] is what egressc had before, so `--confirm` can roll back.
 
 pub mod iptables_cli;
+#[cfg(feature = "netlink")]
+pub mod learn;
 pub mod nft_cli;
 #[cfg(feature = "netlink")]
 pub mod refresh;

@@ -123,8 +123,22 @@ fn rule_lines(
                 })
                 .collect()
         }
+        // Proxy mode: iptables has no sets with per-element timeouts (the
+        // validator refuses such a policy for iptables already).
+        Match::MarkedInSet { .. } => {
+            return Err(BackendError::Unsupported {
+                format,
+                what: "DNS proxy mode (packet marks and learned address sets)".into(),
+            });
+        }
         Match::InSet(id) => {
             let set = ruleset.set(*id);
+            if set.kind == crate::ir::SetKind::Learned {
+                return Err(BackendError::Unsupported {
+                    format,
+                    what: "DNS proxy mode (packet marks and learned address sets)".into(),
+                });
+            }
             if set.family != family {
                 return Ok(Vec::new());
             }

@@ -16,7 +16,7 @@ use minijinja::Value;
 
 use super::template::CheckedTextBuilder;
 use super::{BackendError, CommentCache, fit_comment, template};
-use crate::ir::{Action, ChainId, Family, Match, Rule, Ruleset, Set, SetKind};
+use crate::ir::{Action, ChainId, Family, Match, Rule, Ruleset, Set, SetId, SetKind};
 use crate::policy::model::DefaultAction;
 
 const TEMPLATE: &str = include_str!("../../templates/nft.j2");
@@ -129,9 +129,20 @@ fn set_value<'r>(
         name => set.name,
         type => key_type,
         interval => interval,
+        timeout => set.kind == SetKind::Learned,
         has_elements => !set.elements.is_empty(),
         elements => block.finish(),
     })
+}
+
+/// `ip daddr . meta l4proto . th dport @set `: one lookup decides the packet.
+fn set_lookup(ruleset: &Ruleset, id: SetId) -> String {
+    let set = ruleset.set(id);
+    let daddr = match set.family {
+        Family::V4 => "ip daddr",
+        Family::V6 => "ip6 daddr",
+    };
+    format!("{daddr} . meta l4proto . th dport @{} ", set.name)
 }
 
 fn rule_view(ruleset: &Ruleset, rule: &Rule) -> RuleView {
@@ -143,13 +154,9 @@ fn rule_view(ruleset: &Ruleset, rule: &Rule) -> RuleView {
             "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } "
                 .to_string()
         }
-        Match::InSet(id) => {
-            let set = ruleset.set(*id);
-            let daddr = match set.family {
-                Family::V4 => "ip daddr",
-                Family::V6 => "ip6 daddr",
-            };
-            format!("{daddr} . meta l4proto . th dport @{} ", set.name)
+        Match::InSet(id) => set_lookup(ruleset, *id),
+        Match::MarkedInSet { set, mark } => {
+            format!("meta mark {mark:#010x} {}", set_lookup(ruleset, *set))
         }
         Match::DnsPorts(ports) => {
             let ports: Vec<String> = ports.iter().map(u16::to_string).collect();

@@ -124,6 +124,8 @@ fn matches(ruleset: &Ruleset, rule: &Rule, probe: &Probe) -> Option<Vec<Origin>>
         Match::Loopback => hit(probe.addr.is_loopback()),
         Match::DnsPorts(ports) => hit(ports.contains(&probe.port)),
         Match::Any => hit(true),
+        // A probe is a workload's connection: it never carries the DNS proxy's mark.
+        Match::MarkedInSet { .. } => None,
         Match::InSet(id) => ruleset
             .set(*id)
             .elements

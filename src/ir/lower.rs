@@ -35,7 +35,9 @@ pub enum LowerError {
 const DNS_PORTS: [u16; 2] = [53, 853];
 
 /// Set layout, in the order backends print them. `sets[i]` has id `SetId(i)`.
-const SET_LAYOUT: [(&str, Family, SetKind, SetPurpose); 6] = [
+/// The `Learned` sets come last and exist in proxy mode only, so the ids of the
+/// others do not depend on the mode.
+const SET_LAYOUT: [(&str, Family, SetKind, SetPurpose); 8] = [
     (
         "dns_v4",
         Family::V4,
@@ -72,6 +74,8 @@ const SET_LAYOUT: [(&str, Family, SetKind, SetPurpose); 6] = [
         SetKind::Networks,
         SetPurpose::Allow,
     ),
+    ("proxy_v4", Family::V4, SetKind::Learned, SetPurpose::Allow),
+    ("proxy_v6", Family::V6, SetKind::Learned, SetPurpose::Allow),
 ];
 
 fn set_id(family: Family, kind: SetKind, purpose: SetPurpose) -> SetId {
@@ -103,8 +107,10 @@ fn lower_inner(
     resolution: &Resolution,
     allow_empty: bool,
 ) -> Result<Ruleset, LowerError> {
+    let proxy_mode = policy.dns.proxy.is_some();
     let mut sets: Vec<Set> = SET_LAYOUT
         .iter()
+        .filter(|(_, _, kind, _)| proxy_mode || *kind != SetKind::Learned)
         .map(|(name, family, kind, purpose)| Set {
             name,
             family: *family,
@@ -135,6 +141,8 @@ fn lower_inner(
     for entry in &policy.allow {
         let nets: Vec<IpNet> = match &entry.target {
             Target::Net(net) => vec![*net],
+            // Only the proxy learns a wildcard's addresses, at run time.
+            Target::Wildcard(_) => continue,
             Target::Host(host) => {
                 let answer = resolution
                     .hosts
@@ -246,11 +254,28 @@ fn output_rules(policy: &Policy, ruleset: &Ruleset) -> Vec<Rule> {
         format!("dns.resolvers line {}", policy.dns.pos.line)
     };
     for family in Family::BOTH {
-        rules.push(Rule {
-            matches: Match::InSet(set_id(family, SetKind::Addresses, SetPurpose::Resolvers)),
-            action: Action::Accept,
-            origin: Origin::Resolvers,
-            comment: format!("{dns_origin}: DNS to the pinned resolvers"),
+        let set = set_id(family, SetKind::Addresses, SetPurpose::Resolvers);
+        rules.push(match &policy.dns.proxy {
+            None => Rule {
+                matches: Match::InSet(set),
+                action: Action::Accept,
+                origin: Origin::Resolvers,
+                comment: format!("{dns_origin}: DNS to the pinned resolvers"),
+            },
+            // Workloads ask the proxy (over loopback, accepted above); only the
+            // proxy's marked sockets may ask the pinned resolvers.
+            Some(proxy) => Rule {
+                matches: Match::MarkedInSet {
+                    set,
+                    mark: proxy.mark,
+                },
+                action: Action::Accept,
+                origin: Origin::Resolvers,
+                comment: format!(
+                    "{dns_origin}: only the DNS proxy (dns.proxy line {}) asks the pinned resolvers",
+                    proxy.pos.line
+                ),
+            },
         });
     }
     let mut dns_ports: Vec<u16> = DNS_PORTS.to_vec();
@@ -265,11 +290,18 @@ fn output_rules(policy: &Policy, ruleset: &Ruleset) -> Vec<Rule> {
     });
     for (i, set) in ruleset.sets.iter().enumerate() {
         if set.purpose == SetPurpose::Allow {
+            let comment = match set.kind {
+                SetKind::Learned => format!(
+                    "allow list: addresses the DNS proxy answered, {}",
+                    set.name.trim_start_matches("proxy_")
+                ),
+                _ => format!("allow list: {}", set.name.replace('_', " ")),
+            };
             rules.push(Rule {
                 matches: Match::InSet(SetId(i)),
                 action: Action::Accept,
                 origin: Origin::Builtin,
-                comment: format!("allow list: {}", set.name.replace('_', " ")),
+                comment,
             });
         }
     }

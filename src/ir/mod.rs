@@ -10,11 +10,15 @@
 //!   3. conntrack state invalid: drop;
 //!   4. IPv6 neighbour discovery (ICMPv6 NS, NA, RS): accept — IPv6 cannot work without it;
 //!   5. DNS (udp and tcp) to the pinned resolvers: accept, looked up in the `dns_*` sets;
+//!      in proxy mode (`dns.proxy`) only packets carrying the proxy's mark, so only
+//!      the proxy's own queries reach them (workloads ask the proxy, over loopback);
 //!   6. DNS and DNS-over-TLS (53, 853 and the policy's DNS port) to anyone else: go to
 //!      `deny`, *before* the allow list, so no allow entry can reopen a DNS tunnel;
 //!   7. the allow list: one lookup per set decides address + protocol + port at once
 //!      (nft concatenations); single addresses with single ports live in hash sets,
-//!      everything else (networks, port ranges) in interval sets;
+//!      everything else (networks, port ranges) in interval sets; in proxy mode also
+//!      the `proxy_*` sets, empty when rendered, which the proxy fills at run time
+//!      with the addresses it answered, each with a timeout of TTL + grace;
 //!   8. go to `deny`.
 //! * `deny`: log what reaches it (if the policy has `log:`), then drop (`default:
 //!   deny`) or accept (`default: audit`).
@@ -61,6 +65,11 @@ pub enum SetKind {
     /// Networks and/or port ranges: an interval set, non-overlapping elements
     /// (the kernel refuses overlaps), slower to load and look up.
     Networks,
+    /// Proxy mode: single addresses with single ports that the DNS proxy adds
+    /// at run time, each with its own timeout. Always empty in the ruleset:
+    /// its contents are not the compiler's to know, so read-back, diff and
+    /// refresh leave its elements alone.
+    Learned,
 }
 
 /// What a set is for.
@@ -133,6 +142,9 @@ pub enum Match {
     NeighbourDiscovery,
     /// Destination address . protocol . destination port is in the set.
     InSet(SetId),
+    /// The packet carries this mark (SO_MARK of the DNS proxy's sockets) and
+    /// its destination address . protocol . port is in the set.
+    MarkedInSet { set: SetId, mark: u32 },
     /// TCP or UDP to any of these destination ports, any address.
     DnsPorts(Vec<u16>),
     /// Every packet.

@@ -33,12 +33,22 @@ impl Policy {
             .iter()
             .filter_map(|e| match &e.target {
                 Target::Host(h) => Some(h),
-                Target::Net(_) => None,
+                Target::Wildcard(_) | Target::Net(_) => None,
             })
             .collect();
         hosts.sort();
         hosts.dedup();
         hosts
+    }
+
+    /// The allow entries a DNS name falls under in proxy mode: exact host entries
+    /// naming it and wildcard entries it is below. `name` is lowercase without a
+    /// trailing dot.
+    pub fn entries_for_name<'p>(&'p self, name: &str) -> impl Iterator<Item = &'p AllowEntry> {
+        let name = name.to_string();
+        self.allow
+            .iter()
+            .filter(move |e| e.target.matches_name(&name))
     }
 
     /// Whether every entry naming `host` is optional (so a failed lookup only warns).
@@ -64,9 +74,31 @@ pub struct Dns {
     /// The pinned resolvers, deduplicated, in the order written.
     pub resolvers: Vec<IpAddr>,
     pub port: u16,
+    /// Proxy mode: workloads resolve through egressc's DNS proxy, and only the
+    /// proxy may reach the pinned resolvers.
+    pub proxy: Option<DnsProxy>,
     /// Where `dns:` was written (for rule comments and explain).
     pub pos: Pos,
 }
+
+/// `dns.proxy`: where `egressc watch` serves DNS to the workloads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsProxy {
+    /// A local address (e.g. 127.0.0.53); served over UDP and TCP.
+    pub listen: IpAddr,
+    pub port: u16,
+    /// What a query for a name outside the allow list gets.
+    pub refusal: crate::proxy::Refusal,
+    /// The socket mark (SO_MARK) of the proxy's upstream queries: the only DNS
+    /// traffic the rules let reach the pinned resolvers. Setting a mark needs
+    /// CAP_NET_ADMIN, so a workload cannot forge it.
+    pub mark: u32,
+    pub pos: Pos,
+}
+
+/// The default proxy mark: "egre" in ASCII, unlikely to collide with the marks
+/// of Kubernetes, WireGuard, Tailscale or Calico.
+pub const DEFAULT_PROXY_MARK: u32 = 0x6567_7265;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Log {
@@ -126,7 +158,25 @@ pub struct AllowEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Host(HostName),
+    /// `*.example.com` (proxy mode only): every name with at least one more
+    /// label below the held suffix, not the suffix itself. Its addresses are only
+    /// ever known from the proxy's answers.
+    Wildcard(HostName),
     Net(IpNet),
+}
+
+impl Target {
+    /// Whether a query for `name` (lowercase, no trailing dot) is for this target.
+    pub fn matches_name(&self, name: &str) -> bool {
+        match self {
+            Target::Host(h) => h.as_str() == name,
+            Target::Wildcard(suffix) => name
+                .strip_suffix(suffix.as_str())
+                .and_then(|rest| rest.strip_suffix('.'))
+                .is_some_and(|below| !below.is_empty()),
+            Target::Net(_) => false,
+        }
+    }
 }
 
 /// A DNS name: lowercase, no trailing dot, labels of `[a-z0-9-]` (1–63 characters,
@@ -291,6 +341,20 @@ mod tests {
         let long = ["abcdefghij"; 26].join(".");
         assert!(long.len() > 253);
         assert!(HostName::parse(&long).is_err());
+    }
+
+    #[test]
+    fn wildcards_match_names_below_their_suffix_only() {
+        let w = Target::Wildcard(HostName::parse("example.com").unwrap());
+        assert!(w.matches_name("a.example.com"));
+        assert!(w.matches_name("a.b.example.com"));
+        assert!(!w.matches_name("example.com"));
+        assert!(!w.matches_name("badexample.com"));
+        assert!(!w.matches_name("a.example.com.evil"));
+        assert!(!w.matches_name(".example.com"));
+        let h = Target::Host(HostName::parse("example.com").unwrap());
+        assert!(h.matches_name("example.com"));
+        assert!(!h.matches_name("a.example.com"));
     }
 
     #[test]

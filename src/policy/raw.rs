@@ -37,6 +37,17 @@ impl RawPolicy {
 pub struct RawDns {
     pub resolvers: Option<Spanned<Vec<Spanned<String>>>>,
     pub port: Option<Spanned<i64>>,
+    pub proxy: Option<Spanned<RawProxy>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    pub listen: Option<Spanned<String>>,
+    pub port: Option<Spanned<i64>>,
+    /// `refused` or `nxdomain`.
+    pub refuse: Option<Spanned<String>>,
+    pub mark: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

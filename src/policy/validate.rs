@@ -11,10 +11,11 @@ use serde_saphyr::Spanned;
 
 use super::diag::{Diagnostic, Pos};
 use super::model::{
-    AllowEntry, DefaultAction, Dns, HostName, Log, Policy, PortRange, Protocol, Rate, RateUnit,
-    Target, normalize_ports,
+    AllowEntry, DEFAULT_PROXY_MARK, DefaultAction, Dns, DnsProxy, HostName, Log, Policy, PortRange,
+    Protocol, Rate, RateUnit, Target, normalize_ports,
 };
-use super::raw::{RawDns, RawEntry, RawLog, RawPolicy, RawPort};
+use super::raw::{RawDns, RawEntry, RawLog, RawPolicy, RawPort, RawProxy};
+use crate::proxy::Refusal;
 use crate::text::{describe_char, first_unsafe_quoted};
 
 /// The output format a policy is checked for: limits differ between them.
@@ -46,7 +47,11 @@ pub fn validate(
     source_hash: String,
     format: TargetFormat,
 ) -> Result<Validated, Vec<Diagnostic>> {
-    let mut v = Validator { diags: Vec::new() };
+    let proxy_mode = raw.dns.as_ref().is_some_and(|d| d.value.proxy.is_some());
+    let mut v = Validator {
+        diags: Vec::new(),
+        proxy_mode,
+    };
     let policy = v.policy(raw, source_hash, format);
     let (errors, warnings): (Vec<_>, Vec<_>) = v.diags.into_iter().partition(|d| d.is_error());
     match policy {
@@ -62,7 +67,14 @@ pub fn validate(
 
 struct Validator {
     diags: Vec<Diagnostic>,
+    /// `dns.proxy` is present: wildcard hosts are allowed.
+    proxy_mode: bool,
 }
+
+/// In proxy mode every learned address is added once per port of its entry
+/// (hash sets with timeouts cannot hold ranges); more ports than this per
+/// entry is almost certainly a mistake, and a cidr entry says it better.
+const PROXY_PORTS_MAX: u32 = 64;
 
 fn pos<T>(s: &Spanned<T>) -> Pos {
     Pos::of(&s.referenced)
@@ -109,10 +121,13 @@ impl Validator {
         // Where the first host that needs resolving is written, if any.
         let needs_dns = allow
             .iter()
-            .find(|e| matches!(e.target, Target::Host(_)))
+            .find(|e| matches!(e.target, Target::Host(_) | Target::Wildcard(_)))
             .map(|e| e.pos);
-        let dns = self.dns(raw.dns.as_ref(), needs_dns);
+        let dns = self.dns(raw.dns.as_ref(), needs_dns, format);
         self.dns_ports_in_allow(&allow, dns.port);
+        if dns.proxy.is_some() {
+            self.proxy_port_counts(&allow);
+        }
         let log = match &raw.log {
             Some(log) => self.log(log, format),
             None => Log::default(),
@@ -216,14 +231,133 @@ impl Validator {
         (action, pos(d))
     }
 
+    /// In proxy mode each name's answer is added per port: keep that bounded.
+    fn proxy_port_counts(&mut self, allow: &[AllowEntry]) {
+        for e in allow {
+            if matches!(e.target, Target::Net(_)) {
+                continue;
+            }
+            let count: u32 = e
+                .ports
+                .iter()
+                .map(|p| u32::from(p.last) - u32::from(p.first) + 1)
+                .sum();
+            if count > PROXY_PORTS_MAX {
+                self.error(
+                    "proxy-too-many-ports",
+                    e.pos,
+                    format!(
+                        "allow entry {} names {count} ports; in proxy mode a host entry may name at most {PROXY_PORTS_MAX}",
+                        e.index
+                    ),
+                    "the proxy adds every answered address once per port; list the ports the service uses, or allow its network with a `cidr:` entry",
+                );
+            }
+        }
+    }
+
+    fn proxy(&mut self, proxy: &Spanned<RawProxy>, format: TargetFormat) -> Option<DnsProxy> {
+        let at = pos(proxy);
+        let raw = &proxy.value;
+        if format == TargetFormat::Iptables {
+            self.error(
+                "proxy-needs-nftables",
+                at,
+                "DNS proxy mode cannot be expressed in iptables rules",
+                "the proxy adds addresses with timeouts to nftables sets: use the nft or netlink backend",
+            );
+        }
+        let listen = match &raw.listen {
+            None => {
+                self.error(
+                    "proxy-listen-missing",
+                    at,
+                    "`dns.proxy` has no `listen:` address",
+                    "give the local address workloads will use as their resolver, e.g. `listen: 127.0.0.53`",
+                );
+                None
+            }
+            Some(l) => match l.value.trim().parse::<IpAddr>() {
+                Ok(ip) if ip.is_unspecified() || ip.is_multicast() => {
+                    self.error(
+                        "invalid-proxy-listen",
+                        pos(l),
+                        format!("the proxy cannot listen on `{ip}`"),
+                        "give one local unicast address, e.g. 127.0.0.53",
+                    );
+                    None
+                }
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    self.error(
+                        "invalid-proxy-listen",
+                        pos(l),
+                        format!("`{}` is not an IP address", printable(&l.value)),
+                        "give the local address to listen on, e.g. 127.0.0.53 (the port goes under `port:`)",
+                    );
+                    None
+                }
+            },
+        };
+        let port = match &raw.port {
+            Some(p) => self.port_number(p.value, pos(p)),
+            None => Some(53),
+        };
+        let refusal = match raw.refuse.as_ref().map(|r| (r.value.trim(), pos(r))) {
+            None | Some(("refused", _)) => Some(Refusal::Refused),
+            Some(("nxdomain", _)) => Some(Refusal::NxDomain),
+            Some((other, at)) => {
+                self.error(
+                    "invalid-proxy-refuse",
+                    at,
+                    format!("`{}` is not a way to refuse a query", printable(other)),
+                    "write `refuse: refused` (the default) or `refuse: nxdomain`",
+                );
+                None
+            }
+        };
+        let mark = match &raw.mark {
+            None => Some(DEFAULT_PROXY_MARK),
+            Some(m) => match u32::try_from(m.value) {
+                Ok(v) if v != 0 => Some(v),
+                _ => {
+                    self.error(
+                        "invalid-proxy-mark",
+                        pos(m),
+                        format!("{} is not a usable packet mark", m.value),
+                        "give a mark from 1 to 4294967295 (e.g. 0x65677265) that no other tool on the host sets",
+                    );
+                    None
+                }
+            },
+        };
+        Some(DnsProxy {
+            listen: listen?,
+            port: port?,
+            refusal: refusal?,
+            mark: mark?,
+            pos: at,
+        })
+    }
+
     /// `needs_dns` is where the first entry naming a host is written, if any.
-    fn dns(&mut self, dns: Option<&Spanned<RawDns>>, needs_dns: Option<Pos>) -> Dns {
+    fn dns(
+        &mut self,
+        dns: Option<&Spanned<RawDns>>,
+        needs_dns: Option<Pos>,
+        format: TargetFormat,
+    ) -> Dns {
         let at = dns.map(pos).unwrap_or(Pos::START);
         let mut out = Dns {
             resolvers: Vec::new(),
             port: 53,
+            proxy: None,
             pos: at,
         };
+        let proxy_at = dns.and_then(|d| d.value.proxy.as_ref()).map(pos);
+        if let Some(proxy) = dns.and_then(|d| d.value.proxy.as_ref()) {
+            out.proxy = self.proxy(proxy, format);
+        }
         if let Some(dns) = dns {
             if let Some(p) = dns
                 .value
@@ -259,7 +393,17 @@ impl Validator {
             .diags
             .iter()
             .any(|d| d.code == "resolver-not-address" || d.code == "invalid-resolver");
-        if let Some(host_at) = needs_dns
+        if let Some(proxy_at) = proxy_at
+            && out.resolvers.is_empty()
+            && !has_resolver_errors
+        {
+            self.error(
+                "missing-resolvers",
+                proxy_at,
+                "the DNS proxy has no resolver to forward to: `dns.resolvers` is empty",
+                "pin at least one resolver, e.g. `resolvers: [1.1.1.1]`; the proxy forwards only to it",
+            );
+        } else if let Some(host_at) = needs_dns
             && out.resolvers.is_empty()
             && !has_resolver_errors
         {
@@ -455,7 +599,7 @@ impl Validator {
             return self.url_entry(index, at, url, raw, optional);
         }
         let target = if let Some(host) = &raw.host {
-            self.host(host).map(Target::Host)
+            self.host(host)
         } else {
             raw.cidr
                 .as_ref()
@@ -467,6 +611,7 @@ impl Validator {
         let (target, protocol, ports) = (target?, protocol?, ports?);
         let label = match &target {
             Target::Host(h) => format!("host {h}"),
+            Target::Wildcard(suffix) => format!("host *.{suffix}"),
             Target::Net(n) => format!("cidr {n}"),
         };
         Some(AllowEntry {
@@ -495,19 +640,56 @@ impl Validator {
         ports.map(normalize_ports)
     }
 
-    fn host(&mut self, host: &Spanned<String>) -> Option<HostName> {
-        let text = host.value.trim();
-        if text.contains('*') {
+    /// A `*.` name: a [`Target::Wildcard`] in proxy mode, an error otherwise.
+    fn wildcard(&mut self, text: &str, at: Pos) -> Option<Target> {
+        let Some(suffix) = text.strip_prefix("*.").filter(|s| !s.contains('*')) else {
+            self.error(
+                "invalid-wildcard",
+                at,
+                format!("`{}` is not a wildcard egressc understands", printable(text)),
+                "a wildcard is `*.` followed by a name, e.g. `*.githubusercontent.com`; it covers every name below it",
+            );
+            return None;
+        };
+        if !self.proxy_mode {
             self.error(
                 "wildcard-host",
-                pos(host),
+                at,
                 format!(
                     "wildcard host `{}` cannot be enforced by address",
                     printable(text)
                 ),
-                "wildcards will need DNS proxy mode (not available yet); list each name you need",
+                "wildcards need DNS proxy mode (`dns: { proxy: { listen: 127.0.0.53 } }` and `egressc watch`), which learns each name's addresses from its answers; or list each name you need",
             );
             return None;
+        }
+        match parse_host_name(suffix) {
+            Ok(h) if h.as_str().contains('.') => Some(Target::Wildcard(h)),
+            Ok(h) => {
+                self.error(
+                    "wildcard-too-broad",
+                    at,
+                    format!("`*.{h}` would allow every name under a top-level domain"),
+                    "name the domain, e.g. `*.githubusercontent.com`",
+                );
+                None
+            }
+            Err(why) => {
+                self.error(
+                    "invalid-host",
+                    at,
+                    format!("`{}` is not a valid host name: {why}", printable(text)),
+                    "a wildcard is `*.` followed by a name, e.g. `*.githubusercontent.com`",
+                );
+                None
+            }
+        }
+    }
+
+    fn host(&mut self, host: &Spanned<String>) -> Option<Target> {
+        let text = host.value.trim();
+        if text.contains('*') {
+            return self.wildcard(text, pos(host));
         }
         if text.parse::<IpAddr>().is_ok() {
             self.error(
@@ -526,7 +708,7 @@ impl Validator {
             "a host is a DNS name like api.example.com"
         };
         match parse_host_name(text) {
-            Ok(h) => Some(h),
+            Ok(h) => Some(Target::Host(h)),
             Err(why) => {
                 self.error(
                     "invalid-host",
@@ -622,13 +804,7 @@ impl Validator {
         let target = if let Ok(ip) = parsed.host.parse::<IpAddr>() {
             Target::Net(IpNet::from(ip))
         } else if parsed.host.contains('*') {
-            self.error(
-                "wildcard-host",
-                upos,
-                "a wildcard host cannot be enforced by address",
-                "wildcards will need DNS proxy mode (not available yet); list each name you need",
-            );
-            return None;
+            self.wildcard(&parsed.host, upos)?
         } else {
             match parse_host_name(&parsed.host) {
                 Ok(h) => Target::Host(h),
@@ -651,6 +827,7 @@ impl Validator {
             Target::Net(n) if n.addr().is_ipv6() => format!("[{}]", n.addr()),
             Target::Net(n) => n.addr().to_string(),
             Target::Host(h) => h.to_string(),
+            Target::Wildcard(suffix) => format!("*.{suffix}"),
         };
         Some(AllowEntry {
             index,

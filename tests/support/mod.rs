@@ -194,6 +194,16 @@ pub fn examples() -> Vec<PathBuf> {
     found
 }
 
+/// Whether an example runs in DNS proxy mode (which iptables cannot express).
+pub fn uses_proxy(policy: &Path) -> bool {
+    egressc::policy::load(policy, egressc::policy::TargetFormat::Nft)
+        .expect("the examples are valid")
+        .policy
+        .dns
+        .proxy
+        .is_some()
+}
+
 /// Docker-like state egressc must never touch: nat and filter tables with
 /// chains and rules, and another inet table with a set.
 pub const FOREIGN_NFT: &str = "table ip nat {\n chain POSTROUTING { type nat hook postrouting priority srcnat; policy accept; oifname \"eth0\" masquerade; }\n}\n\

@@ -17,7 +17,9 @@ use nftnl_sys as sys;
 
 use super::raw::{self, Attr, Expr, Object, RawError, strv, u16v, u32v, u64v};
 use crate::backend::{CommentCache, fit_comment};
-use crate::ir::{Action, ChainId, Element, Family, LogSpec, Match, Rule, Ruleset, Set, SetKind};
+use crate::ir::{
+    Action, ChainId, Element, Family, LogSpec, Match, Rule, Ruleset, Set, SetId, SetKind,
+};
 use crate::policy::model::{DefaultAction, Protocol, RateUnit};
 
 pub const TABLE: &str = "egressc";
@@ -30,6 +32,7 @@ const ELEMENTS_MESSAGE_BYTES: usize = 60 * 1024;
 const NFT_SET_ANONYMOUS: u32 = 0x1;
 const NFT_SET_CONSTANT: u32 = 0x2;
 const NFT_SET_INTERVAL: u32 = 0x4;
+const NFT_SET_TIMEOUT: u32 = 0x10;
 const NFT_SET_CONCAT: u32 = 0x80;
 
 /// nft's datatype ids (src/datatype.h), for set key types.
@@ -495,7 +498,9 @@ fn concat_key(addr: IpAddr, proto: Protocol, port: u16) -> Vec<u8> {
 /// The key (and, in interval sets, key_end) of an element.
 pub fn element_keys(set: &Set, e: &Element) -> (Vec<u8>, Option<Vec<u8>>) {
     match set.kind {
-        SetKind::Addresses => (concat_key(e.net.addr(), e.protocol, e.ports.first), None),
+        SetKind::Addresses | SetKind::Learned => {
+            (concat_key(e.net.addr(), e.protocol, e.ports.first), None)
+        }
         SetKind::Networks => (
             concat_key(e.net.network(), e.protocol, e.ports.first),
             Some(concat_key(e.net.broadcast(), e.protocol, e.ports.last)),
@@ -535,6 +540,7 @@ pub fn rule_udata(rule: &Rule) -> Vec<u8> {
 pub fn set_flags(set: &Set) -> u32 {
     match set.kind {
         SetKind::Addresses => 0,
+        SetKind::Learned => NFT_SET_TIMEOUT,
         SetKind::Networks => NFT_SET_INTERVAL | NFT_SET_CONCAT,
     }
 }
@@ -867,6 +873,58 @@ fn log_exprs(spec: &LogSpec) -> Result<Vec<Expr>, RawError> {
     Ok(out)
 }
 
+/// `ip daddr . meta l4proto . th dport @set`: the concatenated key in registers
+/// 1.., then the lookup.
+fn set_lookup_exprs(exprs: &mut Vec<Expr>, ruleset: &Ruleset, id: SetId) -> Result<(), RawError> {
+    let set = ruleset.set(id);
+    let (offset, len) = match set.family {
+        Family::V4 => (16, 4),
+        Family::V6 => (24, 16),
+    };
+    // The next free 4-byte register after the address (nft's allocation).
+    let proto_reg = match set.family {
+        Family::V4 => REG32_00 + 1,
+        Family::V6 => REG_2,
+    };
+    let port_reg = match set.family {
+        Family::V4 => REG32_00 + 2,
+        Family::V6 => REG32_00 + 5,
+    };
+    exprs.extend(nfproto_is(set.family));
+    exprs.push(payload(
+        libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
+        offset,
+        len,
+        REG_1,
+    ));
+    exprs.push(meta(libc::NFT_META_L4PROTO as u32, proto_reg));
+    if set.kind == SetKind::Networks {
+        // Interval sets compare keys as big-endian numbers.
+        exprs.push(e(
+            c"byteorder",
+            vec![
+                (sys::NFTNL_EXPR_BYTEORDER_SREG, u32v(proto_reg)),
+                (sys::NFTNL_EXPR_BYTEORDER_DREG, u32v(proto_reg)),
+                (sys::NFTNL_EXPR_BYTEORDER_OP, u32v(NFT_BYTEORDER_HTON)),
+                (sys::NFTNL_EXPR_BYTEORDER_LEN, u32v(1)),
+                (sys::NFTNL_EXPR_BYTEORDER_SIZE, u32v(2)),
+            ],
+        ));
+    }
+    exprs.push(payload(
+        libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32,
+        2,
+        2,
+        port_reg,
+    ));
+    // Named sets are referenced by name and by their id in this batch.
+    let set_id = (ruleset.sets.iter().position(|s| std::ptr::eq(s, set)))
+        .map(|i| i as u32 + 1)
+        .unwrap_or(0);
+    exprs.push(lookup(set.name, set_id)?);
+    Ok(())
+}
+
 fn add_rule(
     b: &mut Builder,
     ruleset: &Ruleset,
@@ -912,53 +970,12 @@ fn add_rule(
             ));
             exprs.push(lookup);
         }
-        Match::InSet(id) => {
-            let set = ruleset.set(*id);
-            let (offset, len) = match set.family {
-                Family::V4 => (16, 4),
-                Family::V6 => (24, 16),
-            };
-            // The next free 4-byte register after the address (nft's allocation).
-            let proto_reg = match set.family {
-                Family::V4 => REG32_00 + 1,
-                Family::V6 => REG_2,
-            };
-            let port_reg = match set.family {
-                Family::V4 => REG32_00 + 2,
-                Family::V6 => REG32_00 + 5,
-            };
-            exprs.extend(nfproto_is(set.family));
-            exprs.push(payload(
-                libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
-                offset,
-                len,
-                REG_1,
-            ));
-            exprs.push(meta(libc::NFT_META_L4PROTO as u32, proto_reg));
-            if set.kind == SetKind::Networks {
-                // Interval sets compare keys as big-endian numbers.
-                exprs.push(e(
-                    c"byteorder",
-                    vec![
-                        (sys::NFTNL_EXPR_BYTEORDER_SREG, u32v(proto_reg)),
-                        (sys::NFTNL_EXPR_BYTEORDER_DREG, u32v(proto_reg)),
-                        (sys::NFTNL_EXPR_BYTEORDER_OP, u32v(NFT_BYTEORDER_HTON)),
-                        (sys::NFTNL_EXPR_BYTEORDER_LEN, u32v(1)),
-                        (sys::NFTNL_EXPR_BYTEORDER_SIZE, u32v(2)),
-                    ],
-                ));
-            }
-            exprs.push(payload(
-                libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32,
-                2,
-                2,
-                port_reg,
-            ));
-            // Named sets are referenced by name and by their id in this batch.
-            let set_id = (ruleset.sets.iter().position(|s| std::ptr::eq(s, set)))
-                .map(|i| i as u32 + 1)
-                .unwrap_or(0);
-            exprs.push(lookup(set.name, set_id)?);
+        Match::InSet(id) => set_lookup_exprs(&mut exprs, ruleset, *id)?,
+        Match::MarkedInSet { set, mark } => {
+            // `meta mark X` before the lookup, as nft compiles it.
+            exprs.push(meta(libc::NFT_META_MARK as u32, REG_1));
+            exprs.push(cmp(libc::NFT_CMP_EQ as u32, mark.to_ne_bytes().to_vec()));
+            set_lookup_exprs(&mut exprs, ruleset, *set)?;
         }
         Match::DnsPorts(ports) => {
             let protos = add_inline(
@@ -1155,6 +1172,94 @@ pub fn diff_elements(old: &Ruleset, new: &Ruleset) -> Vec<SetDiff> {
         }
     }
     out
+}
+
+/// An address the DNS proxy answered, to be allowed on one protocol and port
+/// until its timeout runs out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LearnedElement {
+    pub addr: IpAddr,
+    pub protocol: Protocol,
+    pub port: u16,
+    /// Milliseconds from the commit; re-adding an element sets its timeout anew.
+    pub timeout_ms: u64,
+    /// Allowlisted characters only (checked here again).
+    pub comment: String,
+}
+
+/// Builds one batch adding `elements` to `sets` (the ruleset's `Learned`
+/// sets, by family) with their timeouts: NEWSETELEM without NLM_F_EXCL, so an
+/// element already there only gets its new timeout. `None` if there is
+/// nothing to add.
+pub fn build_learned(
+    sets: &[&Set],
+    elements: &[LearnedElement],
+    first_seq: u32,
+) -> Result<Option<Batch>, RawError> {
+    if elements.is_empty() {
+        return Ok(None);
+    }
+    let mut b = Builder::new(first_seq);
+    b.batch_marker(libc::NFNL_MSG_BATCH_BEGIN as u16, Part::Batch, 0);
+    for set in sets {
+        debug_assert_eq!(set.kind, SetKind::Learned);
+        let mine: Vec<&LearnedElement> = elements
+            .iter()
+            .filter(|e| Family::of(e.addr) == set.family)
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let ident = vec![
+            (sys::NFTNL_SET_TABLE, strv(TABLE)?),
+            (sys::NFTNL_SET_NAME, strv(set.name)?),
+        ];
+        let mut chunk = Vec::with_capacity(mine.len());
+        let mut texts = Vec::with_capacity(mine.len());
+        let mut origins = Vec::with_capacity(mine.len());
+        for e in mine {
+            if let Some(c) = e.comment.chars().find(|c| !crate::text::is_quoted_safe(*c)) {
+                return Err(RawError::Refused(format!(
+                    "an element comment containing {} (not in the quoted-string allowlist)",
+                    crate::text::describe_char(c)
+                )));
+            }
+            chunk.push(vec![
+                (
+                    sys::NFTNL_SET_ELEM_KEY,
+                    concat_key(e.addr, e.protocol, e.port),
+                ),
+                (sys::NFTNL_SET_ELEM_TIMEOUT, u64v(e.timeout_ms)),
+                (sys::NFTNL_SET_ELEM_USERDATA, element_udata(&e.comment)),
+            ]);
+            texts.push(format!("{} . {} . {}", e.addr, e.protocol, e.port));
+            origins.push(e.comment.clone());
+        }
+        b.elements += chunk.len();
+        let msg = b.put(
+            libc::NFT_MSG_NEWSETELEM as u32,
+            NLM_F_CREATE,
+            &Object::Elements {
+                set: &ident,
+                elements: &chunk,
+            },
+            Part::UpdateElements {
+                set: set.name.to_string(),
+                delete: false,
+                elements: texts,
+                origins,
+            },
+        )?;
+        let (offset, len) = (msg.offset, msg.len);
+        let spans = element_spans(&b.bytes[offset..offset + len]);
+        b.messages.last_mut().expect("just pushed").element_spans = spans;
+    }
+    b.batch_marker(libc::NFNL_MSG_BATCH_END as u16, Part::BatchEnd, 0);
+    Ok(Some(Batch {
+        bytes: b.bytes,
+        messages: b.messages,
+        elements: b.elements,
+    }))
 }
 
 /// Builds the batch for `diffs` (from [`diff_elements`]): DELSETELEM messages

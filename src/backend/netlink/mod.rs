@@ -48,7 +48,7 @@
 //!   that the whole table lists exactly as after `nft -f` of the rendered script.
 
 mod batch;
-pub use self::batch::SetChange;
+pub use self::batch::{LearnedElement, SetChange};
 pub mod raw;
 
 use std::collections::HashMap;
@@ -60,7 +60,7 @@ use nftnl_sys as sys;
 use self::batch::{Batch, FAMILY, Part, TABLE};
 use self::raw::{NlSocket, Object, ParsedRule, RawError, strv};
 use crate::backend::CommentCache;
-use crate::ir::{ChainId, Element, Ruleset, Set};
+use crate::ir::{ChainId, Element, Ruleset, Set, SetKind};
 use crate::policy::model::DefaultAction;
 
 /// Errors of the netlink backend.
@@ -246,6 +246,44 @@ pub fn update_elements(old: &Ruleset, new: &Ruleset) -> Result<ElementUpdate, Ne
         commit_time: committed - built,
         read_back_time: committed.elapsed(),
     })
+}
+
+/// Adds the DNS proxy's answers to the ruleset's learned sets, one batch per
+/// call, over a socket kept open between calls (the proxy calls this for
+/// every answer it is about to return, so it is on the query's latency path).
+pub struct Learner {
+    sock: NlSocket,
+    sets: Vec<Set>,
+}
+
+impl Learner {
+    /// For `ruleset` (applied, in proxy mode). Fails if it has no learned set.
+    pub fn open(ruleset: &Ruleset) -> Result<Learner, NetlinkError> {
+        let sets: Vec<Set> = ruleset
+            .sets
+            .iter()
+            .filter(|s| s.kind == SetKind::Learned)
+            .cloned()
+            .collect();
+        if sets.is_empty() {
+            return Err(NetlinkError::ReadBack(
+                "the ruleset has no learned sets (the policy has no dns.proxy)".into(),
+            ));
+        }
+        let sock = NlSocket::open().map_err(NetlinkError::Socket)?;
+        Ok(Learner { sock, sets })
+    }
+
+    /// Adds (or extends the timeout of) every element in one batch and waits
+    /// for the kernel to acknowledge each message: when this returns Ok, a
+    /// packet to any of them is accepted.
+    pub fn add(&mut self, elements: &[batch::LearnedElement]) -> Result<(), NetlinkError> {
+        let sets: Vec<&Set> = self.sets.iter().collect();
+        match batch::build_learned(&sets, elements, first_seq())? {
+            Some(batch) => commit(&self.sock, &batch),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Checks that none of `gone` is in `set` any more: one GETSETELEM request
@@ -820,7 +858,11 @@ fn check_read_back(sock: &NlSocket, ruleset: &Ruleset, batch: &Batch) -> Result<
                 batch::set_key_len(set)
             ));
         }
-        check_set_elements(sock, ruleset, set, &mut comments)?;
+        // A learned set's elements belong to the running proxy, which may
+        // already be adding to it.
+        if set.kind != SetKind::Learned {
+            check_set_elements(sock, ruleset, set, &mut comments)?;
+        }
     }
 
     // Rules: in order, with the expressions and the comment the batch sent.
