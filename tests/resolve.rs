@@ -748,3 +748,54 @@ fn one_silent_pinned_resolver_does_not_stop_another_that_answers() {
         }
     }
 }
+
+/// In DNS proxy mode egressc's own rules drop unmarked DNS to the pinned
+/// resolvers; its lookups (apply, refresh, watch) must carry the mark, over
+/// UDP and over TCP.
+#[test]
+fn lookups_carry_the_proxy_mark_when_asked() {
+    if !support::kernel_available("lookups_carry_the_proxy_mark_when_asked") {
+        return;
+    }
+    let ns = support::Netns::new("mark");
+    let port = 5353;
+    let _unbound = Unbound::start(
+        &[LO],
+        port,
+        &["test"],
+        &[rr("a.test", 300, "A", "192.0.2.1")],
+        Some(&ns),
+    );
+    let rules = format!(
+        "table inet marktest {{ chain out {{ type filter hook output priority 0; policy accept; \
+         meta l4proto {{ tcp, udp }} th dport {port} meta mark != 0x65677265 drop; }}; }}"
+    );
+    ns.exec_ok("nft", &[&rules]);
+    let servers = vec![SocketAddr::new(LO, port)];
+    for transport in [Transport::Udp, Transport::Tcp] {
+        for mark in [Some(0x6567_7265), None] {
+            let servers = servers.clone();
+            let options = ResolveOptions {
+                timeout: Duration::from_millis(500),
+                attempts: 1,
+                transport,
+                mark,
+                ..ResolveOptions::default()
+            };
+            let got = ns
+                .run(move || resolve_names(&[host("a.test")], &servers, &options))
+                .expect("the resolver starts");
+            match mark {
+                Some(_) => assert_eq!(
+                    got[0].as_ref().map(addrs),
+                    Ok(vec!["192.0.2.1".parse::<IpAddr>().unwrap()]),
+                    "{transport:?} marked"
+                ),
+                None => assert!(
+                    got[0].is_err(),
+                    "{transport:?} unmarked got through: {got:?}"
+                ),
+            }
+        }
+    }
+}

@@ -278,13 +278,26 @@ pub fn resolution(
 
 /// Resolves the policy's hosts through its pinned resolvers, printing a warning
 /// for each optional host that did not resolve.
+///
+/// In DNS proxy mode the queries carry the proxy's mark when this process may
+/// set it: egressc's own rules let only marked DNS reach the resolvers. (A
+/// process without CAP_NET_ADMIN cannot have applied those rules either, so
+/// `egressc lock` on a workstation still works unmarked.)
 pub fn resolve_live(loaded: &Loaded, dns_tcp: bool) -> Result<Resolution, dns::ResolveError> {
+    let mark = loaded
+        .policy
+        .dns
+        .proxy
+        .as_ref()
+        .map(|p| p.mark)
+        .filter(|_| egressc::resolve::marked::can_mark());
     let options = ResolveOptions {
         transport: if dns_tcp {
             Transport::Tcp
         } else {
             Transport::Udp
         },
+        mark,
         ..ResolveOptions::default()
     };
     let resolved = dns::resolve(&loaded.policy, &options)?;

@@ -21,14 +21,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
+use hickory_resolver::Resolver;
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, RecordType};
-use hickory_resolver::{Resolver, TokioResolver};
+
+use super::marked::MarkedRuntime;
 
 use super::{HostAnswer, LOCK_FORMAT, Resolution, ResolvedAddr};
 use crate::policy::Policy;
@@ -57,6 +58,9 @@ pub struct ResolveOptions {
     /// Overrides the policy's resolvers (tests and benchmarks only, never the CLI:
     /// the CLI always resolves through what the policy pins).
     pub servers_override: Option<Vec<SocketAddr>>,
+    /// SO_MARK for every query socket: in DNS proxy mode only marked packets
+    /// reach the pinned resolvers (see [`super::marked`]).
+    pub mark: Option<u32>,
 }
 
 impl Default for ResolveOptions {
@@ -67,6 +71,7 @@ impl Default for ResolveOptions {
             attempts: 3,
             transport: Transport::Udp,
             servers_override: None,
+            mark: None,
         }
     }
 }
@@ -226,10 +231,13 @@ pub fn resolve_names(
     })
 }
 
+/// The resolver type egressc uses: tokio sockets, marked in proxy mode.
+type DnsResolver = Resolver<MarkedRuntime>;
+
 fn build_resolver(
     servers: &[SocketAddr],
     options: &ResolveOptions,
-) -> Result<TokioResolver, ResolveError> {
+) -> Result<DnsResolver, ResolveError> {
     let name_servers = servers
         .iter()
         .map(|server| {
@@ -256,7 +264,7 @@ fn build_resolver(
     opts.edns0 = true;
     opts.preserve_intermediates = true;
     opts.try_tcp_on_error = true;
-    Resolver::builder_with_config(config, TokioRuntimeProvider::default())
+    Resolver::builder_with_config(config, MarkedRuntime::new(options.mark))
         .with_options(opts)
         .build()
         .map_err(|e| ResolveError::Setup(e.to_string()))
@@ -284,7 +292,7 @@ enum TypeAnswer {
 }
 
 async fn lookup_host(
-    resolver: &TokioResolver,
+    resolver: &DnsResolver,
     host: &HostName,
     health: &Health,
 ) -> Result<HostAnswer, FailureReason> {
@@ -321,7 +329,7 @@ async fn lookup_host(
 }
 
 async fn lookup_type(
-    resolver: &TokioResolver,
+    resolver: &DnsResolver,
     fqdn: &str,
     record_type: RecordType,
     health: &Health,

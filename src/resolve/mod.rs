@@ -7,6 +7,7 @@
 
 pub mod dns;
 pub mod lock;
+pub mod marked;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
