@@ -845,3 +845,28 @@ fn strip_comments_removes_only_comments() {
         "\t10.0.0.0/8 . tcp . 443,\n"
     );
 }
+
+/// A proxy-mode policy needs a running proxy: `exec` (which leaves no process
+/// behind and drops the capability the proxy needs) refuses it before touching
+/// anything, with the policy exit code and a pointer to `watch`.
+#[test]
+fn exec_refuses_a_proxy_mode_policy_before_touching_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let run = egressc(
+        dir.path(),
+        &[
+            "exec",
+            &std::fs::canonicalize("examples/proxy-agent/policy.yaml")
+                .unwrap()
+                .to_string_lossy(),
+            "--",
+            "touch",
+            marker.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.code, Some(1), "{}", run.describe());
+    assert!(run.stderr.contains("DNS proxy mode"), "{}", run.describe());
+    assert!(run.stderr.contains("egressc watch"), "{}", run.describe());
+    assert!(!marker.exists(), "the workload ran");
+}

@@ -79,6 +79,18 @@ fn load(args: &Args) -> Result<Loaded, Failure> {
         PolicyError::Io { .. } => fail(ExecStep::Resolve, e),
     })?;
     eprint!("{}", loaded.render_warnings());
+    // exec leaves no process behind to serve DNS, and the workload must not
+    // keep the capability the proxy needs: a proxy-mode policy belongs to
+    // `egressc watch` (in a pod, a sidecar sharing the network namespace).
+    if loaded.policy.dns.proxy.is_some() {
+        return Err(fail(
+            ExecStep::Policy,
+            anyhow!(
+                "{}: this policy uses DNS proxy mode (dns.proxy), which `egressc exec` cannot serve\n  help: run `egressc watch` with it in the workload's network namespace (in a pod: a sidecar with NET_ADMIN), and start the workload without egressc exec",
+                loaded.file
+            ),
+        ));
+    }
     Ok(loaded)
 }
 
