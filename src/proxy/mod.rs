@@ -14,6 +14,8 @@
 
 pub mod server;
 
+pub use server::{Limits, Proxy, Stats, StatsSnapshot};
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
