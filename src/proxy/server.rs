@@ -23,7 +23,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::io;
+use std::io::{self, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -973,7 +973,8 @@ impl Log {
             Some(w) if now.duration_since(w.start) < Duration::from_secs(1) => w,
             _ => {
                 if let Some(old) = window.as_ref().filter(|w| w.suppressed > 0) {
-                    eprintln!(
+                    let _ = writeln!(
+                        io::stderr(),
                         "egressc proxy: {} more lines not logged (at most {LOG_LINES_PER_SECOND} a second)",
                         old.suppressed
                     );
@@ -987,7 +988,9 @@ impl Log {
         };
         if current.lines < LOG_LINES_PER_SECOND {
             current.lines += 1;
-            eprintln!("egressc proxy: {args}");
+            // Not eprintln!: it panics when stderr is gone (a closed pipe),
+            // and the proxy must outlive its log.
+            let _ = writeln!(io::stderr(), "egressc proxy: {args}");
         } else {
             current.suppressed += 1;
         }
