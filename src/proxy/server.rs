@@ -45,6 +45,9 @@ use crate::resolve::ResolvedAddr;
 /// this, answers go over TCP (RFC 6891 suggests 4096 as a ceiling).
 pub const MAX_UDP_PAYLOAD: u16 = 4096;
 
+/// The receive buffer asked for the UDP listener (see [`raise_receive_buffer`]).
+const LISTEN_RECEIVE_BUFFER: libc::c_int = 4 << 20;
+
 /// The classic DNS limit for UDP answers to clients that sent no EDNS.
 const PLAIN_UDP_PAYLOAD: u16 = 512;
 
@@ -192,6 +195,7 @@ impl Proxy {
             ));
         }
         let (udp, tcp) = bind_pair(config.listen).await?;
+        raise_receive_buffer(&udp);
         let shared = Arc::new(Shared {
             inflight: Arc::new(Semaphore::new(limits.max_inflight)),
             config,
@@ -257,6 +261,32 @@ async fn bind_pair(listen: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
         }
     }
     Err(last)
+}
+
+/// Raises the listening socket's receive buffer to [`LISTEN_RECEIVE_BUFFER`]:
+/// past net.core.rmem_max with SO_RCVBUFFORCE where the proxy has
+/// CAP_NET_ADMIN (it needs it for SO_MARK anyway), else as far as rmem_max
+/// lets SO_RCVBUF go. The default (about 208 KiB, some 160 queries on
+/// loopback) overflows when a workload starts many lookups at once, and a
+/// dropped query costs a glibc client its 5-second timeout. Best effort: a
+/// smaller buffer still works.
+fn raise_receive_buffer(socket: &UdpSocket) {
+    let size = LISTEN_RECEIVE_BUFFER;
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: a valid descriptor and a pointer to a c_int with its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
 }
 
 async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
