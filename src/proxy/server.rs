@@ -1,7 +1,7 @@
 //! The proxy's UDP and TCP listeners, the checks every query passes, and the
 //! forwarding to the pinned resolvers.
 //!
-//! One query goes through [`Shared::answer`]:
+//! One query goes through `Shared::answer`:
 //!
 //! 1. The header is read by hand first: responses are dropped (never answer an
 //!    answer: two proxies pointed at each other would loop), other opcodes get
