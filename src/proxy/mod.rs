@@ -11,8 +11,32 @@
 //!
 //! This module knows DNS, not the policy or the kernel: the [`Gate`] says which
 //! names are allowed and does the learning.
+//!
+//! ```no_run
+//! # async fn example(gate: std::sync::Arc<dyn egressc::proxy::Gate>) -> std::io::Result<()> {
+//! use std::time::Duration;
+//! use egressc::proxy::{Proxy, ProxyConfig, Refusal};
+//!
+//! let config = ProxyConfig {
+//!     listen: "127.0.0.53:53".parse().unwrap(),
+//!     upstreams: vec!["192.0.2.53:53".parse().unwrap()],
+//!     mark: Some(0xe9c),
+//!     refusal: Refusal::Refused,
+//!     upstream_timeout: Duration::from_secs(2),
+//! };
+//! // Binding first makes a taken port or a missing privilege an error here,
+//! // before anything is served.
+//! let proxy = Proxy::bind(config, gate).await?;
+//! let stats = proxy.stats();
+//! proxy.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! eprintln!("{:?}", stats.snapshot());
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod server;
+
+pub use server::{Limits, Proxy, Stats, StatsSnapshot};
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -55,5 +79,11 @@ pub trait Gate: Send + Sync + 'static {
     /// the chain), before the answer is returned. An error makes the proxy
     /// answer SERVFAIL instead: a client must not get an address the firewall
     /// would drop.
+    ///
+    /// It runs on tokio's blocking pool, so it may block (a netlink round
+    /// trip, a lock), and several calls may run at once. It is not called for
+    /// answers without addresses. The TTL may be 0, and a client may cache an
+    /// address for the TTL of its own record, which can be longer than the
+    /// chain's smallest: how long an element lives is the gate's decision.
     fn learn(&self, name: &str, addrs: &[ResolvedAddr]) -> Result<(), String>;
 }
