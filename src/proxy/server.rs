@@ -734,22 +734,7 @@ fn unspecified(peer: SocketAddr) -> SocketAddr {
 
 /// Sets SO_MARK (needs CAP_NET_ADMIN), before the socket sends anything.
 fn set_mark(socket: &impl AsRawFd, mark: u32) -> io::Result<()> {
-    // SAFETY: a valid descriptor, and a pointer to a u32 with its exact size;
-    // the kernel copies the value and keeps no pointer.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_MARK,
-            (&mark as *const u32).cast(),
-            std::mem::size_of::<u32>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    crate::resolve::marked::set_socket_mark(socket.as_raw_fd(), mark)
 }
 
 /// A query ID from the kernel's random pool (a predictable ID is what lets an
