@@ -37,6 +37,19 @@
 //! the record) runs on the blocking pool so the runtime's workers stay free for
 //! other tasks, such as the DNS proxy. Every task gets a clone of the same
 //! [`Shutdown`] (see [`shutdown_channel`] and [`stop_on_signals`]).
+//!
+//! A task that learns addresses (the proxy) must hand them to the watcher
+//! rather than write the sets itself: each round diffs from the ruleset the
+//! watcher holds and reads changed sets back whole, so elements added behind
+//! its back fail that read-back and make it reload the table. A learned answer
+//! is what a round already merges (a host and its `HostAnswer`).
+//!
+//! # Sharing the state directory
+//!
+//! Each round first reads the record: if another egressc command rewrote it
+//! for this same policy (a manual `refresh`, an `apply`), the watcher carries
+//! on from it; if another policy was applied or the rules were removed, it
+//! stops with [`WatchError::Superseded`] rather than fight over the table.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -46,6 +59,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::apply::refresh::{self, HostChange, Lowering};
 use crate::apply::state::{self, Applied};
 use crate::apply::{self, ApplyError, Backend};
+use crate::backend::netlink;
 use crate::ir::Ruleset;
 use crate::policy::Policy;
 use crate::policy::model::HostName;
@@ -182,7 +196,8 @@ pub enum Event {
     /// Another egressc command rewrote the record for this same policy (a
     /// manual `refresh`, an `apply`); the watcher continues from it.
     Adopted,
-    /// The element update failed, so the whole table was loaded again.
+    /// The element update failed, or the table was gone, so the whole table
+    /// was loaded again.
     Reloaded { why: String },
     /// A round ended (verbose: it says nothing changed by itself).
     Round {
@@ -263,7 +278,7 @@ impl fmt::Display for Event {
             ),
             Event::Reloaded { why } => write!(
                 f,
-                "updating set elements failed ({why}); loaded the whole table again (its counters restart)"
+                "{why}; loaded the whole table again (its counters restart)"
             ),
             Event::Round {
                 asked,
@@ -381,6 +396,17 @@ fn now_ms() -> u64 {
 /// The smallest TTL of an answer (how long all of it may be trusted).
 fn min_ttl(answer: &HostAnswer) -> Option<u32> {
     answer.addresses.iter().map(|a| a.ttl).min()
+}
+
+/// What a round's update left in the kernel.
+struct Updated {
+    /// The record to write, and the ruleset it describes.
+    record: Applied,
+    ruleset: Ruleset,
+    changes: Vec<HostChange>,
+    /// Set elements added and deleted.
+    added: usize,
+    deleted: usize,
 }
 
 /// A batch of lookups on the blocking pool: each host asked, with its answer.
@@ -671,7 +697,13 @@ impl Watcher {
                 });
         }
 
-        let (record, ruleset, changes, added, deleted) = self.update(&fresh, now, &mut events)?;
+        let Updated {
+            record,
+            ruleset,
+            changes,
+            added,
+            deleted,
+        } = self.update(&fresh, now, &mut events)?;
 
         for change in &changes {
             // A failing host being retried is still failing, not just slow.
@@ -754,19 +786,17 @@ impl Watcher {
         Ok(events)
     }
 
-    /// Updates the kernel's elements to `fresh` merged with what is applied;
-    /// if that fails, loads the whole table again (fail closed: the table may
-    /// be gone). Returns the new record and ruleset, the host changes and how
-    /// many elements were added and deleted.
-    #[allow(clippy::type_complexity)]
+    /// Updates the kernel's elements to `fresh` merged with what is applied.
+    /// If that fails, or nothing changed but the table is gone (deleted
+    /// behind egressc's back), loads the whole table again: fail closed.
     fn update(
         &self,
         fresh: &Resolution,
         now: u64,
         events: &mut Vec<Event>,
-    ) -> Result<(Applied, Ruleset, Vec<HostChange>, usize, usize), WatchError> {
+    ) -> Result<Updated, WatchError> {
         let grace = self.options.grace;
-        match refresh::update(
+        let updated = refresh::update(
             &self.record,
             &self.ruleset,
             &self.policy,
@@ -774,25 +804,43 @@ impl Watcher {
             now,
             grace,
             Lowering::AllowEmpty,
-        ) {
-            Ok(done) => {
-                let (added, deleted) = (done.update.added(), done.update.deleted());
-                Ok((done.record, done.ruleset, done.changes, added, deleted))
+        )
+        .map_err(|e| format!("updating set elements failed: {e}"))
+        .and_then(|done| {
+            // A batch that was sent was read back; one that was not proves
+            // nothing, so look: one netlink request a round.
+            if done.update.messages == 0 && !netlink::table_exists().unwrap_or(true) {
+                return Err("table inet egressc is gone".to_string());
             }
-            Err(e) => {
+            Ok(done)
+        });
+        match updated {
+            Ok(done) => Ok(Updated {
+                added: done.update.added(),
+                deleted: done.update.deleted(),
+                record: done.record,
+                ruleset: done.ruleset,
+                changes: done.changes,
+            }),
+            Err(why) => {
                 let eff = refresh::effective(&self.record, fresh, now, grace);
                 let ruleset = refresh::lower(&self.policy, &eff.resolution, Lowering::AllowEmpty)?;
                 let before = apply::snapshot(Backend::Netlink, Some(&self.record))?;
                 apply::apply(Backend::Netlink, &ruleset, &before)?;
-                events.push(Event::Reloaded { why: e.to_string() });
+                events.push(Event::Reloaded { why });
                 let mut record = self.record.clone();
                 record.backend = Backend::Netlink;
                 record.applied_at =
                     humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
                 record.resolution = eff.resolution;
                 record.seen = eff.seen;
-                let elements = ruleset.sets.iter().map(|s| s.elements.len()).sum();
-                Ok((record, ruleset, eff.changes, elements, 0))
+                Ok(Updated {
+                    added: ruleset.sets.iter().map(|s| s.elements.len()).sum(),
+                    deleted: 0,
+                    record,
+                    ruleset,
+                    changes: eff.changes,
+                })
             }
         }
     }

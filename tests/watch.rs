@@ -345,6 +345,40 @@ fn a_silent_resolver_ends_the_last_answer_at_its_grace_and_sigterm_stops_at_once
 }
 
 #[test]
+fn a_table_deleted_behind_its_back_is_loaded_again() {
+    if !support::kernel_available("a_table_deleted_behind_its_back_is_loaded_again") {
+        return;
+    }
+    let w = World::new("wd", "svc.deleted.test", 1);
+    let watch = Watch::start(&w, &["--min-interval", "1"]);
+    w.client
+        .exec_ok("nft", &["delete", "table", "inet", "egressc"]);
+    assert!(w.connects(NEW), "egress is open without the table");
+    // The next round (TTL 1, floor 1) finds nothing to change, looks, and
+    // loads the table again rather than leave egress open.
+    let back = poll(Duration::from_secs(4), || {
+        w.client
+            .exec("nft", &["list", "table", "inet", "egressc"])
+            .status
+            .success()
+    });
+    assert!(
+        back,
+        "the table was not loaded again; log:\n{}",
+        watch.log()
+    );
+    watch.wait_log(
+        "table inet egressc is gone; loaded the whole table again",
+        Duration::from_secs(1),
+    );
+    assert!(
+        w.connects(OLD) && !w.connects(NEW),
+        "the policy is enforced again"
+    );
+    stop_and_check_left_in_place(&w, watch, &[OLD]);
+}
+
+#[test]
 fn watch_fails_like_apply_when_a_required_host_does_not_resolve_at_start() {
     if !support::kernel_available(
         "watch_fails_like_apply_when_a_required_host_does_not_resolve_at_start",
