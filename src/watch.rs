@@ -823,6 +823,14 @@ impl Watcher {
                 changes: done.changes,
             }),
             Err(why) => {
+                // `egressc remove` deletes the table, then the record: a table
+                // gone with the record about to follow is not to be reloaded.
+                // (Commands do not lock each other out; this narrows the race.)
+                if state::read_applied()?.as_ref() != Some(&self.record) {
+                    return Err(WatchError::Superseded(format!(
+                        "{why}, and the record changed meanwhile"
+                    )));
+                }
                 let eff = refresh::effective(&self.record, fresh, now, grace);
                 let ruleset = refresh::lower(&self.policy, &eff.resolution, Lowering::AllowEmpty)?;
                 let before = apply::snapshot(Backend::Netlink, Some(&self.record))?;

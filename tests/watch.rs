@@ -379,6 +379,48 @@ fn a_table_deleted_behind_its_back_is_loaded_again() {
 }
 
 #[test]
+fn watch_carries_on_after_an_apply_of_its_policy_and_stops_when_the_rules_are_removed() {
+    if !support::kernel_available(
+        "watch_carries_on_after_an_apply_of_its_policy_and_stops_when_the_rules_are_removed",
+    ) {
+        return;
+    }
+    let w = World::new("wr", "svc.shared.test", 1);
+    let mut watch = Watch::start(&w, &["--min-interval", "1"]);
+    // Records hold whole seconds: an apply (or a refresh) within the second
+    // of watch's own write records exactly what watch holds. A second later
+    // its time differs, so the record really changes.
+    std::thread::sleep(Duration::from_millis(1100));
+    w.apply();
+    watch.wait_log(
+        "rewritten by another egressc command for this policy; continuing from it",
+        Duration::from_secs(3),
+    );
+    assert!(watch.running());
+    assert!(w.connects(OLD));
+
+    // Removing the rules behind its back: watch stops with an error rather
+    // than fight over the table (systemd's Restart= decides what happens next).
+    w.egressc_ok(&["remove"]);
+    let stopped = poll(Duration::from_secs(3), || !watch.running());
+    assert!(stopped, "watch kept running; log:\n{}", watch.log());
+    let status = watch.child.wait().unwrap();
+    assert_eq!(status.code(), Some(2), "log:\n{}", watch.log());
+    assert!(
+        watch.log().contains("egressc's rules were removed"),
+        "{}",
+        watch.log()
+    );
+    assert!(
+        !w.client
+            .exec("nft", &["list", "table", "inet", "egressc"])
+            .status
+            .success(),
+        "the removed table was loaded again"
+    );
+}
+
+#[test]
 fn watch_fails_like_apply_when_a_required_host_does_not_resolve_at_start() {
     if !support::kernel_available(
         "watch_fails_like_apply_when_a_required_host_does_not_resolve_at_start",
