@@ -17,7 +17,8 @@
 //! snapshots and rollback). [`privileges`] gives up the power to change the
 //! firewall before `egressc exec` runs a workload.
 //! [`text`] holds the character allowlists that keep policy strings from becoming
-//! firewall syntax.
+//! firewall syntax. [`watch`] keeps an applied policy's set elements in step
+//! with DNS, each host at its own TTL (`egressc watch`).
 
 pub mod apply;
 pub mod backend;
@@ -27,3 +28,5 @@ pub mod privileges;
 pub mod proxy;
 pub mod resolve;
 pub mod text;
+#[cfg(feature = "netlink")]
+pub mod watch;

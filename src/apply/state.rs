@@ -74,6 +74,12 @@ pub fn seen_from(resolution: &Resolution, now: u64) -> SeenMap {
 
 impl Applied {
     /// The ruleset this record describes.
+    ///
+    /// Lowered allowing required hosts without addresses: a record only exists
+    /// for what was loaded, and `egressc watch` loads exactly that when a
+    /// required host's lookups keep failing past the grace of its addresses
+    /// (its entries allow nothing). Rebuilding strictly would make such a
+    /// record unreadable for `diff`, `refresh` and rollback.
     pub fn ruleset(&self) -> Result<crate::ir::Ruleset, ApplyError> {
         let rebuild = |e: String| {
             ApplyError::State(format!(
@@ -87,7 +93,7 @@ impl Applied {
             crate::policy::TargetFormat::Nft,
         )
         .map_err(|e| rebuild(e.to_string()))?;
-        crate::ir::lower::lower(&loaded.policy, &self.resolution)
+        crate::ir::lower::lower_allowing_empty(&loaded.policy, &self.resolution)
             .map_err(|e| rebuild(e.to_string()))
     }
 }

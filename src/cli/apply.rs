@@ -6,12 +6,13 @@
 //! behind: a detached process (its own session, so closing the terminal does not
 //! kill it) restores the snapshot after N seconds unless `egressc confirm` comes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::anyhow;
-use egressc::apply::{self, state};
+use egressc::apply::{self, Backend, Snapshot, state};
+use egressc::ir::Ruleset;
 
 use super::{BackendArg, Compiled, Failure, SourceArgs, compile};
 
@@ -31,12 +32,60 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let backend = args.backend.backend();
+    let compiled = compile(&args.policy, args.backend.target(), &args.source)?;
+    let LoadOutcome {
+        before,
+        previous,
+        cancelled,
+        ..
+    } = load(&args.policy, backend, compiled)?;
+    if let Some(seconds) = args.confirm {
+        let (snapshot, previous) = match cancelled.into_iter().next() {
+            Some(oldest) => (oldest.snapshot, oldest.previous),
+            None => (before, previous),
+        };
+        let token = format!("{}-{}", state::now(), std::process::id());
+        state::write_rollback(&state::Rollback {
+            token: token.clone(),
+            deadline: state::now() + seconds,
+            snapshot,
+            previous,
+        })
+        .map_err(Failure::operational)?;
+        spawn_rollback_worker(&token)?;
+        eprintln!(
+            "run `egressc confirm` within {seconds} s to keep these rules; otherwise the previous state comes back"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What [`load`] did.
+// `record` and `ruleset` are for watch, which needs netlink.
+#[cfg_attr(not(feature = "netlink"), allow(dead_code))]
+pub struct LoadOutcome {
+    /// The record written: what the kernel holds now.
+    pub record: state::Applied,
+    /// The ruleset loaded (what `record` describes).
+    pub ruleset: Ruleset,
+    /// egressc's state before, and the record of it (a rollback target).
+    pub before: Snapshot,
+    pub previous: Option<state::Applied>,
+    /// Pending rollbacks this load superseded, oldest deadline first.
+    pub cancelled: Vec<state::Rollback>,
+}
+
+/// Loads a compiled policy into the kernel the way `egressc apply` does, for
+/// apply and for `egressc watch`'s start: refuses to mix backends with a
+/// pending rollback, snapshots egressc's state, loads and reads back
+/// (restoring the snapshot on failure), records what it loaded, supersedes
+/// pending rollbacks, and prints one line saying what was applied.
+pub fn load(path: &Path, backend: Backend, compiled: Compiled) -> Result<LoadOutcome, Failure> {
     let Compiled {
         loaded,
         resolution,
         ruleset,
-    } = compile(&args.policy, args.backend.target(), &args.source)?;
-
+    } = compiled;
     // An unconfirmed earlier apply: the rollback target stays the state before it.
     let pending = state::pending_rollbacks().map_err(Failure::operational)?;
     if let Some(p) = pending
@@ -61,8 +110,8 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     apply::apply(backend, &ruleset, &before).map_err(Failure::operational)?;
 
     let record = state::Applied {
-        policy_path: std::fs::canonicalize(&args.policy)
-            .unwrap_or_else(|_| args.policy.clone())
+        policy_path: std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.to_path_buf())
             .display()
             .to_string(),
         policy_sha256: loaded.policy.source_hash.clone(),
@@ -82,25 +131,13 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         loaded.file,
         ruleset.output.len() + ruleset.deny.len()
     );
-    if let Some(seconds) = args.confirm {
-        let (snapshot, previous) = match cancelled.into_iter().next() {
-            Some(oldest) => (oldest.snapshot, oldest.previous),
-            None => (before, previous),
-        };
-        let token = format!("{}-{}", state::now(), std::process::id());
-        state::write_rollback(&state::Rollback {
-            token: token.clone(),
-            deadline: state::now() + seconds,
-            snapshot,
-            previous,
-        })
-        .map_err(Failure::operational)?;
-        spawn_rollback_worker(&token)?;
-        eprintln!(
-            "run `egressc confirm` within {seconds} s to keep these rules; otherwise the previous state comes back"
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(LoadOutcome {
+        record,
+        ruleset,
+        before,
+        previous,
+        cancelled,
+    })
 }
 
 /// Starts `egressc rollback-worker TOKEN` in a new session, detached from this

@@ -14,6 +14,8 @@ mod lock;
 mod refresh;
 mod render;
 mod status;
+#[cfg(feature = "netlink")]
+mod watch;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -55,6 +57,10 @@ enum Command {
     /// Re-resolve the applied policy's hosts; update only set elements (netlink).
     #[cfg(feature = "netlink")]
     Refresh(refresh::Args),
+    /// Apply, then keep re-resolving each host at its TTL and update only set
+    /// elements (netlink) until SIGTERM; the rules stay when it stops.
+    #[cfg(feature = "netlink")]
+    Watch(watch::Args),
     /// What is applied, pending rollbacks, counters and set sizes.
     Status(status::Args),
     /// What `apply` would change.
@@ -192,6 +198,8 @@ pub fn run() -> ExitCode {
         Command::Confirm => apply::confirm(),
         #[cfg(feature = "netlink")]
         Command::Refresh(args) => refresh::run(args),
+        #[cfg(feature = "netlink")]
+        Command::Watch(args) => watch::run(args),
         Command::Status(args) => status::run(args),
         Command::Diff(args) => diff::run(args),
         Command::Remove(args) => remove(args),
@@ -278,29 +286,8 @@ pub fn resolution(
 
 /// Resolves the policy's hosts through its pinned resolvers, printing a warning
 /// for each optional host that did not resolve.
-///
-/// In DNS proxy mode the queries carry the proxy's mark when this process may
-/// set it: egressc's own rules let only marked DNS reach the resolvers. (A
-/// process without CAP_NET_ADMIN cannot have applied those rules either, so
-/// `egressc lock` on a workstation still works unmarked.)
 pub fn resolve_live(loaded: &Loaded, dns_tcp: bool) -> Result<Resolution, dns::ResolveError> {
-    let mark = loaded
-        .policy
-        .dns
-        .proxy
-        .as_ref()
-        .map(|p| p.mark)
-        .filter(|_| egressc::resolve::marked::can_mark());
-    let options = ResolveOptions {
-        transport: if dns_tcp {
-            Transport::Tcp
-        } else {
-            Transport::Udp
-        },
-        mark,
-        ..ResolveOptions::default()
-    };
-    let resolved = dns::resolve(&loaded.policy, &options)?;
+    let resolved = dns::resolve(&loaded.policy, &resolve_options(&loaded.policy, dns_tcp))?;
     for skipped in &resolved.skipped {
         eprintln!(
             "{}: warning[optional-host-skipped]: optional host {} did not resolve ({}); its entry is left out",
@@ -308,6 +295,31 @@ pub fn resolve_live(loaded: &Loaded, dns_tcp: bool) -> Result<Resolution, dns::R
         );
     }
     Ok(resolved.resolution)
+}
+
+/// How the CLI asks the pinned resolvers: the library's defaults, over TCP
+/// only with `--dns-tcp`.
+///
+/// In DNS proxy mode the queries carry the proxy's mark when this process may
+/// set it: egressc's own rules let only marked DNS reach the resolvers. (A
+/// process without CAP_NET_ADMIN cannot have applied those rules either, so
+/// `egressc lock` on a workstation still works unmarked.)
+pub fn resolve_options(policy: &egressc::policy::Policy, dns_tcp: bool) -> ResolveOptions {
+    let mark = policy
+        .dns
+        .proxy
+        .as_ref()
+        .map(|p| p.mark)
+        .filter(|_| egressc::resolve::marked::can_mark());
+    ResolveOptions {
+        transport: if dns_tcp {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        },
+        mark,
+        ..ResolveOptions::default()
+    }
 }
 
 /// The whole pipeline up to the IR, with what it was built from.

@@ -3,7 +3,10 @@
 //! Nothing here is a mock. `Unbound` runs the real unbound from apt on real
 //! sockets; `Netns` makes real network namespaces with `ip netns`; `dns_query`
 //! sends a hand-built DNS packet so a test can tell "answered" from "dropped".
+//! [`moving`] is the world of a name whose address changes (refresh, watch).
 #![allow(dead_code)]
+
+pub mod moving;
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
