@@ -260,6 +260,31 @@ fn percentile(mut xs: Vec<Duration>, p: f64) -> Duration {
     xs[((xs.len() as f64 * p) as usize).min(xs.len() - 1)]
 }
 
+/// egressc's own gate over a proxy-mode table (`*.bench.test`, port 443)
+/// applied through netlink in `ns`.
+#[cfg(feature = "netlink")]
+fn policy_gate(ns: &support::Netns) -> Arc<egressc::apply::learn::PolicyGate> {
+    let yaml = "version: 1\ndns:\n  resolvers: [127.0.0.1]\n  proxy:\n    listen: 127.0.0.53\nallow:\n  - host: \"*.bench.test\"\n    ports: [443]\n";
+    let policy = egressc::policy::load_bytes(yaml.as_bytes(), "bench.yaml", Default::default())
+        .expect("the bench policy is valid")
+        .policy;
+    let resolution = egressc::resolve::Resolution {
+        lock_format: egressc::resolve::LOCK_FORMAT,
+        policy_sha256: policy.source_hash.clone(),
+        resolved_at: "2026-01-01T00:00:00Z".into(),
+        resolvers: policy.dns.resolvers.clone(),
+        port: 53,
+        hosts: Default::default(),
+    };
+    let ruleset = egressc::ir::lower::lower(&policy, &resolution).expect("lowers");
+    let gate = ns.run(move || {
+        egressc::backend::netlink::apply(&ruleset).expect("the proxy-mode table applies");
+        egressc::apply::learn::PolicyGate::new(policy, ruleset, Duration::from_secs(300))
+            .expect("the gate opens")
+    });
+    Arc::new(gate)
+}
+
 fn main() {
     let lo: IpAddr = "127.0.0.1".parse().unwrap();
     let names: Vec<String> = (0..NAMES).map(|i| format!("h{i}.bench.test")).collect();
@@ -302,19 +327,45 @@ fn main() {
     let (proxy, stats) = start_proxy(unbound, gate);
     let (noop_proxy, _) = start_proxy(unbound, Arc::new(NoopGate { allowed }));
     println!("{gate_says}");
+    // egressc's own gate, when it can run (root, netlink); else the no-op one
+    // stands in and the row says so.
+    #[cfg(feature = "netlink")]
+    let egressc_ns = (unsafe { libc::geteuid() } == 0).then(|| support::Netns::new("proxygate"));
+    #[cfg(feature = "netlink")]
+    let own_gate: Option<Arc<dyn Gate>> = egressc_ns.as_ref().map(|ns| {
+        let g: Arc<dyn Gate> = policy_gate(ns);
+        g
+    });
+    #[cfg(not(feature = "netlink"))]
+    let own_gate: Option<Arc<dyn Gate>> = None;
+    let own_label = if own_gate.is_some() {
+        "proxy (PolicyGate)"
+    } else {
+        "proxy (no PolicyGate)"
+    };
+    let (own_proxy, _) = start_proxy(
+        unbound,
+        own_gate.unwrap_or_else(|| {
+            Arc::new(NoopGate {
+                allowed: names.iter().cloned().collect(),
+            })
+        }),
+    );
 
-    // Warm up all three paths (unbound's answers, sockets, the set's hash table).
-    for server in [unbound, proxy, noop_proxy] {
+    // Warm up all paths (unbound's answers, sockets, the set's hash table).
+    for server in [unbound, proxy, noop_proxy, own_proxy] {
         client(server, &packets, 0, NAMES);
     }
 
     // (a) Latency: one query at a time, the three paths interleaved query by
     // query so that drift in the machine's load hits them alike.
-    let (mut direct, mut through, mut through_noop) = (vec![], vec![], vec![]);
+    let (mut direct, mut through, mut through_noop, mut through_own) =
+        (vec![], vec![], vec![], vec![]);
     for i in 0..LATENCY_QUERIES {
         direct.extend(client(unbound, &packets, i, 1));
         through.extend(client(proxy, &packets, i, 1));
         through_noop.extend(client(noop_proxy, &packets, i, 1));
+        through_own.extend(client(own_proxy, &packets, i, 1));
     }
     println!(
         "\nlatency: {LATENCY_QUERIES} sequential A queries (UDP, {NAMES} names, the proxy has no cache)"
@@ -328,6 +379,7 @@ fn main() {
         ("unbound alone", &direct),
         ("proxy (gate above)", &through),
         ("proxy (no-op gate)", &through_noop),
+        (own_label, &through_own),
     ] {
         let m = median(xs.clone());
         println!(
@@ -340,17 +392,18 @@ fn main() {
 
     // (b) Throughput: CLIENTS clients, each one query outstanding; median of
     // RUNS, the three alternated every round.
-    let (mut q_direct, mut q_proxy, mut q_noop) = (vec![], vec![], vec![]);
+    let (mut q_direct, mut q_proxy, mut q_noop, mut q_own) = (vec![], vec![], vec![], vec![]);
     for _ in 0..RUNS {
         q_direct.push(throughput(unbound, &packets));
         q_proxy.push(throughput(proxy, &packets));
         q_noop.push(throughput(noop_proxy, &packets));
+        q_own.push(throughput(own_proxy, &packets));
     }
     let med = |mut xs: Vec<f64>| {
         xs.sort_by(f64::total_cmp);
         xs[xs.len() / 2]
     };
-    let (d, p, n) = (med(q_direct), med(q_proxy), med(q_noop));
+    let (d, p, n, o) = (med(q_direct), med(q_proxy), med(q_noop), med(q_own));
     println!(
         "\nthroughput: {CLIENTS} clients x {QUERIES_PER_CLIENT} queries, median of {RUNS} runs"
     );
@@ -359,6 +412,7 @@ fn main() {
         ("unbound alone", d),
         ("proxy (gate above)", p),
         ("proxy (no-op gate)", n),
+        (own_label, o),
     ] {
         println!("{label:>22}  {q:>10.0}  {:>14.2}", q / d);
     }
@@ -376,5 +430,12 @@ fn main() {
         let elements = listing.matches("expires").count();
         println!("the nft set holds {elements} addresses (with timeouts)");
         assert_eq!(elements, NAMES, "every name's address is in the set");
+    }
+    #[cfg(feature = "netlink")]
+    if let Some(ns) = &egressc_ns {
+        let listing = ns.exec_ok("nft", &["list", "set", "inet", "egressc", "proxy_v4"]);
+        let elements = listing.matches("expires").count();
+        println!("egressc's proxy_v4 holds {elements} addresses (with timeouts)");
+        assert_eq!(elements, NAMES, "every name's address is in proxy_v4");
     }
 }
