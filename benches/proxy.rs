@@ -285,6 +285,15 @@ fn policy_gate(ns: &support::Netns) -> Arc<egressc::apply::learn::PolicyGate> {
     Arc::new(gate)
 }
 
+/// `gate`, or a no-op gate allowing `names` where egressc's cannot run.
+fn gate_or_noop(gate: Option<Arc<dyn Gate>>, names: &[String]) -> Arc<dyn Gate> {
+    gate.unwrap_or_else(|| {
+        Arc::new(NoopGate {
+            allowed: names.iter().cloned().collect(),
+        })
+    })
+}
+
 fn main() {
     let lo: IpAddr = "127.0.0.1".parse().unwrap();
     let names: Vec<String> = (0..NAMES).map(|i| format!("h{i}.bench.test")).collect();
@@ -343,14 +352,7 @@ fn main() {
     } else {
         "proxy (no PolicyGate)"
     };
-    let (own_proxy, _) = start_proxy(
-        unbound,
-        own_gate.unwrap_or_else(|| {
-            Arc::new(NoopGate {
-                allowed: names.iter().cloned().collect(),
-            })
-        }),
-    );
+    let (own_proxy, _) = start_proxy(unbound, gate_or_noop(own_gate, &names));
 
     // Warm up all paths (unbound's answers, sockets, the set's hash table).
     for server in [unbound, proxy, noop_proxy, own_proxy] {

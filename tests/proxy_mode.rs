@@ -137,7 +137,12 @@ impl World {
             .client
             .command(EGRESSC)
             .env("EGRESSC_STATE_DIR", self.dir.path().join("state"))
-            .args(["watch", policy.to_str().unwrap(), "--grace", &GRACE.to_string()])
+            .args([
+                "watch",
+                policy.to_str().unwrap(),
+                "--grace",
+                &GRACE.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&self.log).unwrap())
             .spawn()
@@ -294,7 +299,9 @@ fn proxy_mode_opens_exactly_what_it_answered_and_closes_dns() {
 
     // 120 addresses: over UDP the answer does not fit (TC), over TCP it comes
     // whole, and every one of the addresses connects.
-    let r = w.query_udp("big.cdn.proxy.test").expect("the proxy answers");
+    let r = w
+        .query_udp("big.cdn.proxy.test")
+        .expect("the proxy answers");
     assert_eq!(rcode(&r), 0);
     assert!(
         truncated(&r) || answers(&r) == BIG,
@@ -310,10 +317,7 @@ fn proxy_mode_opens_exactly_what_it_answered_and_closes_dns() {
         let a = big_addr(i);
         assert!(learned.iter().any(|(l, _)| *l == a), "{a} was not learned");
     }
-    let unreachable: Vec<String> = (0..BIG)
-        .map(big_addr)
-        .filter(|a| !w.connects(a))
-        .collect();
+    let unreachable: Vec<String> = (0..BIG).map(big_addr).filter(|a| !w.connects(a)).collect();
     assert!(unreachable.is_empty(), "not reachable: {unreachable:?}");
 
     // SIGTERM: watch stops cleanly and the rules stay (fail closed).
@@ -328,7 +332,11 @@ fn proxy_mode_opens_exactly_what_it_answered_and_closes_dns() {
         assert!(Instant::now() < deadline, "watch ignored SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(status.success(), "watch exited with {status}: {}", w.log_text());
+    assert!(
+        status.success(),
+        "watch exited with {status}: {}",
+        w.log_text()
+    );
     assert!(!w.connects(NEVER), "the rules left with watch");
     assert!(w.connects(API), "the applied rules left with watch");
 }
