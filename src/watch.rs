@@ -475,15 +475,7 @@ impl Watcher {
                 "the record is not this policy applied through nftables".into(),
             ));
         }
-        let servers = match &options.resolve.servers_override {
-            Some(s) => s.clone(),
-            None => policy
-                .dns
-                .resolvers
-                .iter()
-                .map(|ip| SocketAddr::new(*ip, policy.dns.port))
-                .collect(),
-        };
+        let servers = dns::servers(&policy, &options.resolve);
         let mut schedule = Schedule::new(options.min_interval, options.max_interval);
         let now = now_ms();
         for host in policy.hosts() {

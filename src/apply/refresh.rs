@@ -325,19 +325,7 @@ mod tests {
 
     fn resolution(addrs: &[(&str, u32)]) -> Resolution {
         let mut hosts = BTreeMap::new();
-        hosts.insert(
-            host("a.test"),
-            HostAnswer {
-                addresses: addrs
-                    .iter()
-                    .map(|(a, ttl)| ResolvedAddr {
-                        addr: a.parse().unwrap(),
-                        ttl: *ttl,
-                    })
-                    .collect(),
-                ..HostAnswer::default()
-            },
-        );
+        hosts.insert(host("a.test"), answer(addrs));
         Resolution {
             lock_format: 1,
             policy_sha256: "x".into(),

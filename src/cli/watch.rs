@@ -167,12 +167,7 @@ fn start(args: &Args) -> Result<(Watcher, Option<ProxyParts>), Failure> {
             .map_err(Failure::operational)?;
             let config = ProxyConfig {
                 listen: SocketAddr::new(p.listen, p.port),
-                upstreams: policy
-                    .dns
-                    .resolvers
-                    .iter()
-                    .map(|ip| SocketAddr::new(*ip, policy.dns.port))
-                    .collect(),
+                upstreams: policy.dns.upstreams(),
                 mark: Some(p.mark),
                 refusal: p.refusal,
                 upstream_timeout: UPSTREAM_TIMEOUT,

@@ -81,6 +81,16 @@ pub struct Dns {
     pub pos: Pos,
 }
 
+impl Dns {
+    /// The pinned resolvers on the DNS port: where lookups and the proxy go.
+    pub fn upstreams(&self) -> Vec<std::net::SocketAddr> {
+        self.resolvers
+            .iter()
+            .map(|ip| std::net::SocketAddr::new(*ip, self.port))
+            .collect()
+    }
+}
+
 /// `dns.proxy`: where `egressc watch` serves DNS to the workloads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsProxy {

@@ -134,19 +134,19 @@ pub struct Resolved {
     pub skipped: Vec<HostFailure>,
 }
 
+/// The servers `policy`'s lookups go to: its pinned resolvers, unless a test
+/// overrides them.
+pub fn servers(policy: &Policy, options: &ResolveOptions) -> Vec<SocketAddr> {
+    options
+        .servers_override
+        .clone()
+        .unwrap_or_else(|| policy.dns.upstreams())
+}
+
 /// Resolves every host of `policy` through its pinned resolvers.
 pub fn resolve(policy: &Policy, options: &ResolveOptions) -> Result<Resolved, ResolveError> {
     let hosts: Vec<HostName> = policy.hosts().into_iter().cloned().collect();
-    let servers: Vec<SocketAddr> = match &options.servers_override {
-        Some(s) => s.clone(),
-        None => policy
-            .dns
-            .resolvers
-            .iter()
-            .map(|ip| SocketAddr::new(*ip, policy.dns.port))
-            .collect(),
-    };
-    let answers = resolve_names(&hosts, &servers, options)?;
+    let answers = resolve_names(&hosts, &servers(policy, options), options)?;
 
     let mut failures = Vec::new();
     let mut skipped = Vec::new();
