@@ -564,6 +564,11 @@ fn add_set<'r>(
         (sys::NFTNL_SET_KEY_LEN, u32v(set_key_len(set))),
         (sys::NFTNL_SET_ID, u32v(id)),
     ];
+    if let Some(size) = crate::backend::set_size(set) {
+        // What `size N;` sends: the kernel then allocates a fixed hash table
+        // up front instead of growing one during the batch (see `set_size`).
+        attrs.push((sys::NFTNL_SET_DESC_SIZE, u32v(size)));
+    }
     if set.kind == SetKind::Networks {
         // Interval sets of concatenations (pipapo) need each field's length.
         attrs.push((

@@ -24,7 +24,7 @@
 //! (see `check_read_back`). At every size: the table exists; its chains are
 //! exactly `output` (filter hook on output, priority 0, the policy's default as
 //! chain policy) and `deny` (no hook); its named sets are exactly the ruleset's,
-//! each with the flags and key length the batch declared; each chain holds the
+//! each with the flags, key length and size the batch declared; each chain holds the
 //! batch's rules in order, each with the same expressions and comment. For the
 //! elements of each named set it depends on the set's size:
 //!
@@ -659,6 +659,15 @@ fn commit(sock: &NlSocket, batch: &Batch) -> Result<(), NetlinkError> {
                 });
             }
         }
+        if first.errno == libc::ENFILE {
+            if let Part::Elements { set, .. } | Part::UpdateElements { set, .. } = &msg.part {
+                let full = set_full(sock, set);
+                detail = Some(match detail {
+                    Some(d) => format!("{full}; {d}"),
+                    None => full,
+                });
+            }
+        }
         return Err(NetlinkError::Rejected {
             part: msg.part.to_string(),
             seq: first.seq,
@@ -678,6 +687,43 @@ fn commit(sock: &NlSocket, batch: &Batch) -> Result<(), NetlinkError> {
         });
     }
     Ok(())
+}
+
+/// What to say when the kernel refused elements with ENFILE: the set holds as
+/// many elements as the size it was created with (see
+/// [`crate::backend::set_size`]), which only a new `egressc apply` changes.
+/// The size is read from the kernel, as best it can be.
+fn set_full(sock: &NlSocket, set: &str) -> String {
+    let size = table_sets(sock)
+        .ok()
+        .and_then(|sets| sets.into_iter().find(|s| s.name == set))
+        .map(|s| s.size)
+        .filter(|&n| n > 0);
+    let room = match size {
+        Some(n) => format!("it was created for at most {n} elements"),
+        None => "it holds as many elements as the size it was created with".to_string(),
+    };
+    format!(
+        "set {set} is full: {room}; run `egressc apply` to re-size it for the current addresses"
+    )
+}
+
+/// The sets of table inet egressc, as the kernel describes them.
+fn table_sets(sock: &NlSocket) -> Result<Vec<raw::ParsedSet>, NetlinkError> {
+    let filter = vec![(sys::NFTNL_SET_TABLE, strv(TABLE)?)];
+    let mut sets = Vec::new();
+    for msg in dump(
+        sock,
+        "the sets",
+        libc::NFT_MSG_GETSET as u32,
+        &Object::Set(&filter),
+    )? {
+        let s = raw::parse_set(&msg)?;
+        if s.table == TABLE {
+            sets.push(s);
+        }
+    }
+    Ok(sets)
 }
 
 /// Sends one dump request and returns every answer message (NLMSG_DONE excluded).
@@ -819,20 +865,9 @@ fn check_read_back(sock: &NlSocket, ruleset: &Ruleset, batch: &Batch) -> Result<
         return mismatch("chain deny has a hook".into());
     }
 
-    // Named sets: the ruleset's, with their flags and keys.
-    let set_filter = vec![(sys::NFTNL_SET_TABLE, strv(TABLE)?)];
-    let mut sets = Vec::new();
-    for msg in dump(
-        sock,
-        "the sets",
-        libc::NFT_MSG_GETSET as u32,
-        &Object::Set(&set_filter),
-    )? {
-        let s = raw::parse_set(&msg)?;
-        if s.table == TABLE && s.flags & NFT_SET_ANONYMOUS == 0 {
-            sets.push(s);
-        }
-    }
+    // Named sets: the ruleset's, with their flags, keys and sizes.
+    let mut sets = table_sets(sock)?;
+    sets.retain(|s| s.flags & NFT_SET_ANONYMOUS == 0);
     let mut got: Vec<&str> = sets.iter().map(|s| s.name.as_str()).collect();
     let mut want: Vec<&str> = ruleset.sets.iter().map(|s| s.name).collect();
     got.sort();
@@ -848,12 +883,17 @@ fn check_read_back(sock: &NlSocket, ruleset: &Ruleset, batch: &Batch) -> Result<
             .iter()
             .find(|s| s.name == set.name)
             .expect("names compared");
-        if s.flags != batch::set_flags(set) || s.key_len != batch::set_key_len(set) {
+        let size = crate::backend::set_size(set).unwrap_or(0);
+        if s.flags != batch::set_flags(set)
+            || s.key_len != batch::set_key_len(set)
+            || s.size != size
+        {
             return mismatch(format!(
-                "set {} has flags {:#x} and key length {}, expected {:#x} and {}",
+                "set {} has flags {:#x}, key length {} and size {}, expected {:#x}, {} and {size}",
                 set.name,
                 s.flags,
                 s.key_len,
+                s.size,
                 batch::set_flags(set),
                 batch::set_key_len(set)
             ));

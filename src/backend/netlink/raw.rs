@@ -360,6 +360,8 @@ pub struct ParsedSet {
     pub flags: u32,
     pub key_type: u32,
     pub key_len: u32,
+    /// The declared size (NFTA_SET_DESC_SIZE); 0 if none.
+    pub size: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -451,6 +453,7 @@ fn set_info(s: *const sys::nftnl_set) -> ParsedSet {
         flags: u32_of(sys::NFTNL_SET_FLAGS),
         key_type: u32_of(sys::NFTNL_SET_KEY_TYPE),
         key_len: u32_of(sys::NFTNL_SET_KEY_LEN),
+        size: u32_of(sys::NFTNL_SET_DESC_SIZE),
     }
 }
 
@@ -855,7 +858,8 @@ mod tests {
                 name: "s".into(),
                 flags: 0x84,
                 key_type: 0x730d,
-                key_len: 12
+                key_len: 12,
+                size: 0,
             }
         );
         // NFTA_SET_DESC (9) { NFTA_SET_DESC_CONCAT (2) { elem { field len 4 }, {1}, {2} } }
