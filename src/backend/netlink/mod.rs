@@ -50,6 +50,7 @@
 mod batch;
 pub use self::batch::{LearnedElement, SetChange};
 pub mod raw;
+mod wire;
 
 use std::collections::HashMap;
 use std::io;
@@ -57,9 +58,9 @@ use std::time::{Duration, Instant};
 
 use nftnl_sys as sys;
 
-use self::batch::{Batch, FAMILY, Part, TABLE};
+use self::batch::{Batch, ElementComments, Expected, FAMILY, Key, Part, TABLE};
 use self::raw::{NlSocket, Object, ParsedRule, RawError, strv};
-use crate::backend::CommentCache;
+use self::wire::{Elem, ElementList};
 use crate::ir::{ChainId, Element, Ruleset, Set, SetKind};
 use crate::policy::model::DefaultAction;
 
@@ -224,7 +225,7 @@ pub fn update_elements(old: &Ruleset, new: &Ruleset) -> Result<ElementUpdate, Ne
     for d in &diffs {
         let set = &new.sets[d.set];
         if set.elements.len() < FULL_DUMP_BELOW {
-            check_set_elements(&sock, new, set, &mut CommentCache::default())?;
+            check_set_elements(&sock, new, set, &mut ElementComments::default())?;
             continue;
         }
         // A large set: what the batch changed, byte for byte (see above).
@@ -233,7 +234,7 @@ pub fn update_elements(old: &Ruleset, new: &Ruleset) -> Result<ElementUpdate, Ne
             ..set.clone()
         };
         if !added.elements.is_empty() {
-            let want = batch::expected_elements(new, &added, &mut CommentCache::default());
+            let want = batch::expected_elements(new, &added, &mut ElementComments::default());
             check_elements_by_lookup(&sock, &added, &want)?;
         }
         check_absent(&sock, set, &d.gone(&old.sets[d.set], set))?;
@@ -293,10 +294,6 @@ fn check_absent(sock: &NlSocket, set: &Set, gone: &[&Element]) -> Result<(), Net
         what: "set elements",
         source,
     };
-    let ident = vec![
-        (sys::NFTNL_SET_TABLE, strv(TABLE)?),
-        (sys::NFTNL_SET_NAME, strv(set.name)?),
-    ];
     sock.set_recv_timeout(Duration::from_secs(10))
         .map_err(err)?;
     let mut buf = vec![0u8; 256 * 1024];
@@ -305,21 +302,25 @@ fn check_absent(sock: &NlSocket, set: &Set, gone: &[&Element]) -> Result<(), Net
         let mut req = Vec::new();
         for (k, e) in round.iter().enumerate() {
             let (key, key_end) = batch::element_keys(set, e);
-            let mut attrs = vec![(sys::NFTNL_SET_ELEM_KEY, key)];
-            if let Some(end) = key_end {
-                attrs.push((sys::NFTNL_SET_ELEM_KEY_END, end));
-            }
-            raw::put_message(
+            let mut m = ElementList::begin(
                 &mut req,
                 libc::NFT_MSG_GETSETELEM as u16,
                 FAMILY,
                 (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
                 first.wrapping_add(k as u32),
-                &Object::Elements {
-                    set: &ident,
-                    elements: &[attrs],
+                TABLE,
+                set.name,
+                None,
+            )?;
+            m.push(
+                &mut req,
+                &Elem {
+                    key: key.as_slice(),
+                    key_end: key_end.as_ref().map(Key::as_slice),
+                    ..Elem::default()
                 },
             )?;
+            m.finish(&mut req)?;
         }
         sock.send(&req).map_err(err)?;
         let mut done = vec![false; round.len()];
@@ -635,7 +636,7 @@ fn commit(sock: &NlSocket, batch: &Batch) -> Result<(), NetlinkError> {
                 ) => Some(format!(
                     "element {} of set {set} from {}",
                     start + i,
-                    origins.get(i).map(String::as_str).unwrap_or("?")
+                    origins.get(i).map(|o| &**o).unwrap_or("?")
                 )),
                 (
                     Some(i),
@@ -877,7 +878,7 @@ fn check_read_back(sock: &NlSocket, ruleset: &Ruleset, batch: &Batch) -> Result<
     }
 
     // Elements: every one of the ruleset's, with its comment, and nothing more.
-    let mut comments = CommentCache::default();
+    let mut comments = ElementComments::default();
     for set in &ruleset.sets {
         let s = sets
             .iter()
@@ -959,11 +960,11 @@ fn check_set_elements<'r>(
     sock: &NlSocket,
     ruleset: &Ruleset,
     set: &'r Set,
-    comments: &mut CommentCache<'r>,
+    comments: &mut ElementComments<'r>,
 ) -> Result<(), NetlinkError> {
     let want = batch::expected_elements(ruleset, set, comments);
     if want.len() < FULL_DUMP_BELOW {
-        check_elements_by_dump(sock, set.name, want)
+        check_elements_by_dump(sock, set.name, want.iter().map(Expected::parsed).collect())
     } else {
         check_elements_by_lookup(sock, set, &want)
     }
@@ -1026,9 +1027,9 @@ fn check_elements_by_dump(
 }
 
 /// How an element reads in a mismatch report: `10.0.0.1/32 . tcp . 443 "comment"`.
-fn describe(set: &Set, index: usize, want: &raw::ParsedElem) -> String {
+fn describe(set: &Set, index: usize, want: &Expected) -> String {
     let e = &set.elements[index];
-    let comment = udata_comment(want.userdata.as_deref()).unwrap_or_default();
+    let comment = udata_comment(Some(&want.userdata)).unwrap_or_default();
     format!(
         "element {index} of set {} ({} . {} . {} \"{comment}\")",
         set.name, e.net, e.protocol, e.ports
@@ -1124,7 +1125,7 @@ fn parse_answer(msg: &[u8]) -> Answer<'_> {
 fn check_elements_by_lookup(
     sock: &NlSocket,
     set: &Set,
-    want: &[raw::ParsedElem],
+    want: &[Expected],
 ) -> Result<(), NetlinkError> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -1159,7 +1160,7 @@ fn check_elements_by_lookup(
 fn lookup_range(
     sock: &NlSocket,
     set: &Set,
-    want: &[raw::ParsedElem],
+    want: &[Expected],
     range: std::ops::Range<usize>,
 ) -> Result<(), NetlinkError> {
     let err = |source| NetlinkError::Dump {
@@ -1167,10 +1168,6 @@ fn lookup_range(
         source,
     };
     let mismatch = |s: String| Err(NetlinkError::ReadBack(s));
-    let ident = vec![
-        (sys::NFTNL_SET_TABLE, strv(TABLE)?),
-        (sys::NFTNL_SET_NAME, strv(set.name)?),
-    ];
     // Every answer is queued on the socket while the kernel handles the sendmsg,
     // and one that does not fit the receive buffer is lost (ENOBUFS): a round
     // asks for no more answers than the buffer holds.
@@ -1184,35 +1181,35 @@ fn lookup_range(
     let mut round_start = range.start;
     while round_start < range.end {
         let round_end = (round_start + per_round).min(range.end);
-        let mut req = Vec::with_capacity(LOOKUP_MESSAGE_BYTES * 2);
+        let mut req = Vec::with_capacity((round_end - round_start) * 48 + 4096);
         let mut lookups: Vec<Lookup> = Vec::new();
         let mut first = round_start;
         while first < round_end {
-            let mut chunk: Vec<Vec<raw::Attr>> = Vec::new();
-            let mut bytes = 0;
-            let mut i = first;
-            while i < round_end && (chunk.is_empty() || bytes < LOOKUP_MESSAGE_BYTES) {
-                let w = &want[i];
-                let mut attrs = vec![(sys::NFTNL_SET_ELEM_KEY, w.key.clone())];
-                if let Some(end) = &w.key_end {
-                    attrs.push((sys::NFTNL_SET_ELEM_KEY_END, end.clone()));
-                }
-                bytes += attrs.iter().map(|(_, v)| v.len() + 8).sum::<usize>() + 8;
-                chunk.push(attrs);
-                i += 1;
-            }
             seq = seq.wrapping_add(1);
-            raw::put_message(
+            let mut m = ElementList::begin(
                 &mut req,
                 libc::NFT_MSG_GETSETELEM as u16,
                 FAMILY,
                 (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
                 seq,
-                &Object::Elements {
-                    set: &ident,
-                    elements: &chunk,
-                },
+                TABLE,
+                set.name,
+                None,
             )?;
+            let mut i = first;
+            while i < round_end && (m.count() == 0 || m.len(&req) < LOOKUP_MESSAGE_BYTES) {
+                let w = &want[i];
+                m.push(
+                    &mut req,
+                    &Elem {
+                        key: w.key.as_slice(),
+                        key_end: w.key_end.as_ref().map(Key::as_slice),
+                        ..Elem::default()
+                    },
+                )?;
+                i += 1;
+            }
+            m.finish(&mut req)?;
             lookups.push(Lookup {
                 seq,
                 first,
@@ -1267,11 +1264,12 @@ fn lookup_range(
                     l.answered += 1;
                     let a = parse_answer(h.msg);
                     let w = &want[i];
+                    let key_end = w.key_end.as_ref().map(Key::as_slice);
                     if a.set != set.name.as_bytes()
                         || a.elements != 1
                         || a.key != Some(w.key.as_slice())
-                        || a.key_end != w.key_end.as_deref()
-                        || a.userdata != w.userdata.as_deref()
+                        || a.key_end != key_end
+                        || a.userdata != Some(&*w.userdata)
                     {
                         let mut diff = Vec::new();
                         if a.set != set.name.as_bytes() || a.elements != 1 {
@@ -1284,10 +1282,10 @@ fn lookup_range(
                         if a.key != Some(w.key.as_slice()) {
                             diff.push(format!("key {:02x?}", a.key));
                         }
-                        if a.key_end != w.key_end.as_deref() {
+                        if a.key_end != key_end {
                             diff.push(format!("end {:02x?}", a.key_end));
                         }
-                        if a.userdata != w.userdata.as_deref() {
+                        if a.userdata != Some(&*w.userdata) {
                             diff.push(format!("comment {:?}", udata_comment(a.userdata)));
                         }
                         return mismatch(format!(

@@ -10,7 +10,9 @@
 //! a list of `(libnftnl attribute, value bytes)`. What to put in those lists (the
 //! meaning) lives in safe code (`batch.rs`); this module only moves bytes across
 //! the FFI boundary and checks sizes, so its surface is small enough to test
-//! completely (see the tests at the end).
+//! completely (see the tests at the end). Set elements, thousands to a batch,
+//! are written by hand in safe code instead (`wire.rs`); [`Object::Elements`]
+//! remains for dump requests and as the reference `wire.rs` is tested against.
 
 use std::ffi::{CStr, CString, c_void};
 use std::io;
