@@ -982,10 +982,11 @@ fn check_elements_by_dump(
         (sys::NFTNL_SET_NAME, strv(set)?),
     ];
     want.sort();
-    // A hash set's dump walks an rhashtable that the kernel may still be
-    // resizing after a large insert; across the dump's rounds that can repeat
-    // some elements and skip others. Duplicates are dropped; a walk that still
-    // differs is repeated a few times before it counts as a mismatch.
+    // A hash set declared without a size (learned sets, or a table an older
+    // egressc applied) is an rhashtable the kernel may still be resizing after
+    // a large insert; across the dump's rounds that can repeat some elements
+    // and skip others. Duplicates are dropped; a walk that still differs is
+    // repeated a few times before it counts as a mismatch.
     let mut attempt = 0;
     loop {
         let mut got = Vec::with_capacity(want.len());
