@@ -276,6 +276,69 @@ fn rejected_batch_keeps_the_old_ruleset_and_names_the_culprit() {
     );
 }
 
+/// A hash set is created with a size (room for twice its elements, at least
+/// 1,024): the kernel refuses elements beyond it (ENFILE), which an element
+/// update must report as a full set that `egressc apply` re-sizes, leaving the
+/// set as it was.
+#[test]
+fn an_update_past_the_declared_size_is_refused_as_a_full_set() {
+    if !support::kernel_available("an_update_past_the_declared_size_is_refused_as_a_full_set") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let old = ruleset(&support::address_fixture(dir.path(), 1_000, ""));
+    let index = old
+        .sets
+        .iter()
+        .position(|s| s.kind == SetKind::Addresses && s.elements.len() == 1_000)
+        .expect("a hash set of 1,000 addresses");
+    let size = egressc::backend::set_size(&old.sets[index]).unwrap() as usize;
+    assert_eq!(size, 2048);
+    let ns = Netns::new("nlfull");
+    apply_in(&ns, &old).unwrap();
+    let listed = ns.exec_ok(
+        "nft",
+        &["list", "set", "inet", "egressc", old.sets[index].name],
+    );
+    assert!(listed.contains(&format!("size {size}")), "{listed}");
+
+    // One element more than the set has room for, in one update.
+    let mut new = old.clone();
+    let template = new.sets[index].elements[0].clone();
+    let set = &mut new.sets[index];
+    for n in 0..(size + 1 - 1_000) as u32 {
+        let addr = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(172, 16, 0, 0)) + n);
+        set.elements.push(Element {
+            net: ipnet::IpNet::from(std::net::IpAddr::V4(addr)),
+            ..template.clone()
+        });
+    }
+    let err = {
+        let (old, new) = (old.clone(), new.clone());
+        ns.run(move || netlink::update_elements(&old, &new).unwrap_err())
+    };
+    assert!(matches!(err, NetlinkError::Rejected { .. }), "{err:?}");
+    let text = error_chain(&err);
+    eprintln!("refused as expected: {text}");
+    let name = old.sets[index].name;
+    assert!(
+        text.contains(&format!("set {name} is full"))
+            && text.contains(&format!("at most {size} elements"))
+            && text.contains("egressc apply"),
+        "{text}"
+    );
+    // Nothing was added: the set reads back as before.
+    let rs = old.clone();
+    ns.run(move || netlink::read_back(&rs))
+        .expect("the old set is intact");
+
+    // Exactly as many as the size: accepted.
+    new.sets[index].elements.pop();
+    let (o, n) = (old.clone(), new.clone());
+    let update = ns.run(move || netlink::update_elements(&o, &n)).unwrap();
+    assert_eq!(update.added(), size - 1_000);
+}
+
 #[test]
 fn read_back_notices_a_table_that_differs_from_the_ruleset() {
     if !support::kernel_available("read_back_notices_a_table_that_differs_from_the_ruleset") {
@@ -308,6 +371,18 @@ fn read_back_notices_a_table_that_differs_from_the_ruleset() {
     let err = ns.run(move || netlink::read_back(&again)).unwrap_err();
     assert!(matches!(err, NetlinkError::ReadBack(_)), "{err:?}");
     assert!(err.to_string().contains(set), "{err}");
+    // A set declared with another size than the ruleset gives it (as for 600
+    // elements): the size is compared before the elements.
+    let mut bigger = rs.clone();
+    let s = bigger.sets.iter_mut().find(|s| s.name == set).unwrap();
+    let e = s.elements[0].clone();
+    s.elements.resize(600, e);
+    let err = ns.run(move || netlink::read_back(&bigger)).unwrap_err();
+    assert!(matches!(err, NetlinkError::ReadBack(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("size 1024") && err.to_string().contains("2048"),
+        "{err}"
+    );
     // And a removed rule.
     let mut fewer = rs.clone();
     fewer.deny.pop();

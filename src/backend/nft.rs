@@ -4,7 +4,9 @@
 //! all of it as one transaction, so the old table stays until the new one is
 //! complete, and no other table (Docker's, the distribution's) is touched.
 //! Address lists are sets with concatenated keys (address . protocol . port), so
-//! one lookup decides a packet whatever the number of destinations.
+//! one lookup decides a packet whatever the number of destinations. Hash sets
+//! declare a `size` ([`super::set_size`]), as the netlink batch does, so both
+//! build the same table.
 
 use minijinja::context;
 use minijinja::value::Serde;
@@ -128,6 +130,8 @@ fn set_value<'r>(
     Ok(context! {
         name => set.name,
         type => key_type,
+        // Before the flags, where `nft list` prints it.
+        size => super::set_size(set),
         interval => interval,
         timeout => set.kind == SetKind::Learned,
         has_elements => !set.elements.is_empty(),

@@ -9,16 +9,23 @@
 //! set userdata bytes that make `nft list` print `ipv4_addr . inet_proto .
 //! inet_service`) it is kept, because `nft list` prints what it finds and a
 //! different but equivalent encoding would list differently.
+//!
+//! Tables, sets, chains and rules are encoded by libnftnl (`raw.rs`); set
+//! elements, the bulk of a large batch, by hand (`wire.rs`, tested byte for
+//! byte against libnftnl).
 
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use nftnl_sys as sys;
 
 use super::raw::{self, Attr, Expr, Object, RawError, strv, u16v, u32v, u64v};
-use crate::backend::{CommentCache, fit_comment};
+use super::wire::{Elem, ElementList};
+use crate::backend::{fit_comment, origins_comment};
 use crate::ir::{
-    Action, ChainId, Element, Family, LogSpec, Match, Rule, Ruleset, Set, SetId, SetKind,
+    Action, ChainId, Element, Family, LogSpec, Match, Origin, Rule, Ruleset, Set, SetId, SetKind,
 };
 use crate::policy::model::{DefaultAction, Protocol, RateUnit};
 
@@ -74,8 +81,9 @@ pub enum Part {
         /// Index of the first element of the chunk in the set, and how many.
         first: usize,
         count: usize,
-        /// The chunk's elements, each with the policy entries it serves.
-        origins: Vec<String>,
+        /// For each element of the chunk, the policy entries it serves (its
+        /// comment), shared by the elements that serve the same entries.
+        origins: Vec<Arc<str>>,
     },
     /// Elements added to (`delete: false`) or deleted from an existing set, by
     /// `egressc refresh`.
@@ -120,14 +128,14 @@ impl std::fmt::Display for Part {
                 origins,
             } => {
                 write!(f, "elements {first}..{} of set {set}", first + count)?;
-                let mut seen: Vec<&String> = Vec::new();
+                let mut seen: Vec<&str> = Vec::new();
                 for o in origins {
-                    if !seen.contains(&o) {
+                    if !seen.contains(&&**o) {
                         seen.push(o);
                     }
                 }
                 if !seen.is_empty() {
-                    let shown: Vec<&str> = seen.iter().take(4).map(|s| s.as_str()).collect();
+                    let shown: Vec<&str> = seen.iter().take(4).copied().collect();
                     write!(f, " (from {}", shown.join("; "))?;
                     if seen.len() > 4 {
                         write!(f, "; +{} more", seen.len() - 4)?;
@@ -286,6 +294,71 @@ impl Builder {
     }
 }
 
+/// An element message being written into the batch (see [`Builder::begin_elements`]).
+struct ElementsMessage {
+    list: ElementList,
+    seq: u32,
+    spans: Vec<(usize, usize)>,
+}
+
+impl ElementsMessage {
+    fn push(&mut self, bytes: &mut Vec<u8>, e: &Elem) -> Result<(), RawError> {
+        let span = self.list.push(bytes, e)?;
+        self.spans.push(span);
+        Ok(())
+    }
+
+    /// Whether `e` would take the message past [`ELEMENTS_MESSAGE_BYTES`]
+    /// (a message holds at least one element).
+    fn full_for(&self, bytes: &[u8], e: &Elem) -> bool {
+        self.list.count() > 0 && self.list.len(bytes) + e.wire_len() > ELEMENTS_MESSAGE_BYTES
+    }
+}
+
+impl Builder {
+    /// Starts a NEWSETELEM / DELSETELEM message for `set` (of this batch if
+    /// `set_id` is given) at the end of the batch.
+    fn begin_elements(
+        &mut self,
+        msg_type: u32,
+        flags: u16,
+        set: &str,
+        set_id: Option<u32>,
+    ) -> Result<ElementsMessage, RawError> {
+        let seq = self.next_seq();
+        let list = ElementList::begin(
+            &mut self.bytes,
+            msg_type as u16,
+            FAMILY,
+            NLM_F_REQUEST | NLM_F_ACK | flags,
+            seq,
+            TABLE,
+            set,
+            set_id,
+        )?;
+        Ok(ElementsMessage {
+            list,
+            seq,
+            spans: Vec::new(),
+        })
+    }
+
+    /// Closes an element message and records what it is; returns how many
+    /// elements it holds.
+    fn finish_elements(&mut self, m: ElementsMessage, part: Part) -> Result<usize, RawError> {
+        let count = m.list.count();
+        let (offset, len) = m.list.finish(&mut self.bytes)?;
+        self.messages.push(Message {
+            seq: m.seq,
+            offset,
+            len,
+            part,
+            element_spans: m.spans,
+        });
+        Ok(count)
+    }
+}
+
 fn table_attrs(flags: bool) -> Vec<Attr> {
     let mut a = vec![(sys::NFTNL_TABLE_NAME, strv(TABLE).expect("constant"))];
     if flags {
@@ -322,7 +395,7 @@ pub fn build(ruleset: &Ruleset, first_seq: u32) -> Result<Batch, RawError> {
     )?;
 
     // Sets before the chains whose rules look them up.
-    let mut comments = CommentCache::default();
+    let mut comments = ElementComments::default();
     for set in &ruleset.sets {
         add_set(&mut b, ruleset, set, &mut comments)?;
     }
@@ -389,7 +462,6 @@ fn check_comments(ruleset: &Ruleset) -> Result<(), RawError> {
             crate::text::describe_char(c)
         ))
     };
-    let mut comments = CommentCache::default();
     for rule in ruleset.output.iter().chain(&ruleset.deny) {
         if let Some(c) = rule
             .comment
@@ -399,15 +471,73 @@ fn check_comments(ruleset: &Ruleset) -> Result<(), RawError> {
             return Err(refuse("a rule comment", c));
         }
     }
+    let mut comments = ElementComments::default();
     for set in &ruleset.sets {
         for e in &set.elements {
-            let comment = comments.get(ruleset, &e.origins);
-            if let Some(c) = comment.chars().find(|c| !crate::text::is_quoted_safe(*c)) {
+            // Each distinct comment is checked once (a host's addresses share one).
+            let Some(comment) = comments.get_new(ruleset, &e.origins) else {
+                continue;
+            };
+            if let Some(c) = comment
+                .text
+                .chars()
+                .find(|c| !crate::text::is_quoted_safe(*c))
+            {
                 return Err(refuse("an element comment", c));
             }
         }
     }
     Ok(())
+}
+
+/// An element's comment: the text (for reports) and the userdata bytes the
+/// kernel stores, both shared by every element that serves the same policy
+/// entries.
+#[derive(Debug, Clone)]
+pub struct Comment {
+    pub text: Arc<str>,
+    pub udata: Arc<[u8]>,
+}
+
+/// Element comments, built once per distinct list of origins: the 1,000
+/// addresses of a host share theirs, and are usually adjacent in a set (sorted
+/// by address), so the last one is kept at hand.
+#[derive(Default)]
+pub struct ElementComments<'r> {
+    by_origins: HashMap<&'r [Origin], Comment>,
+    last: Option<(&'r [Origin], Comment)>,
+}
+
+impl<'r> ElementComments<'r> {
+    pub fn get(&mut self, ruleset: &Ruleset, origins: &'r [Origin]) -> &Comment {
+        let hit = matches!(&self.last, Some((o, _)) if *o == origins);
+        if !hit {
+            let c = self
+                .by_origins
+                .entry(origins)
+                .or_insert_with(|| {
+                    let text = origins_comment(ruleset, origins);
+                    Comment {
+                        udata: element_udata(&text).into(),
+                        text: text.into(),
+                    }
+                })
+                .clone();
+            self.last = Some((origins, c));
+        }
+        &self.last.as_ref().expect("just set").1
+    }
+
+    /// The comment, if these origins were never asked for before.
+    fn get_new(&mut self, ruleset: &Ruleset, origins: &'r [Origin]) -> Option<&Comment> {
+        let known = matches!(&self.last, Some((o, _)) if *o == origins)
+            || self.by_origins.contains_key(origins);
+        if known {
+            None
+        } else {
+            Some(self.get(ruleset, origins))
+        }
+    }
 }
 
 /// Userdata TLVs as libnftnl writes them: type, length, value.
@@ -481,22 +611,44 @@ fn proto_number(p: Protocol) -> u8 {
     }
 }
 
+/// A set key, held without an allocation: at most an IPv6 address, a
+/// protocol and a port, each padded to 4 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    bytes: [u8; 24],
+    len: u8,
+}
+
+impl Key {
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
 /// A concatenation key: each field padded to 4 bytes, address and port in
 /// network order, the protocol as one byte.
-fn concat_key(addr: IpAddr, proto: Protocol, port: u16) -> Vec<u8> {
-    let mut k = Vec::with_capacity(24);
-    match addr {
-        IpAddr::V4(a) => k.extend_from_slice(&a.octets()),
-        IpAddr::V6(a) => k.extend_from_slice(&a.octets()),
+fn concat_key(addr: IpAddr, proto: Protocol, port: u16) -> Key {
+    let mut bytes = [0u8; 24];
+    let a = match addr {
+        IpAddr::V4(a) => {
+            bytes[..4].copy_from_slice(&a.octets());
+            4
+        }
+        IpAddr::V6(a) => {
+            bytes[..16].copy_from_slice(&a.octets());
+            16
+        }
+    };
+    bytes[a] = proto_number(proto);
+    bytes[a + 4..a + 6].copy_from_slice(&port.to_be_bytes());
+    Key {
+        bytes,
+        len: (a + 8) as u8,
     }
-    k.extend_from_slice(&[proto_number(proto), 0, 0, 0]);
-    k.extend_from_slice(&port.to_be_bytes());
-    k.extend_from_slice(&[0, 0]);
-    k
 }
 
 /// The key (and, in interval sets, key_end) of an element.
-pub fn element_keys(set: &Set, e: &Element) -> (Vec<u8>, Option<Vec<u8>>) {
+pub fn element_keys(set: &Set, e: &Element) -> (Key, Option<Key>) {
     match set.kind {
         SetKind::Addresses | SetKind::Learned => {
             (concat_key(e.net.addr(), e.protocol, e.ports.first), None)
@@ -513,20 +665,40 @@ pub fn element_udata(comment: &str) -> Vec<u8> {
     udata_comment(comment)
 }
 
-/// The elements of `set` as the kernel should list them: key, key_end, comment.
+/// An element as the kernel should hold it.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    pub key: Key,
+    pub key_end: Option<Key>,
+    /// The comment, as userdata.
+    pub userdata: Arc<[u8]>,
+}
+
+impl Expected {
+    /// The element as a parsed dump shows it.
+    pub fn parsed(&self) -> raw::ParsedElem {
+        raw::ParsedElem {
+            key: self.key.as_slice().to_vec(),
+            key_end: self.key_end.map(|k| k.as_slice().to_vec()),
+            userdata: Some(self.userdata.to_vec()),
+        }
+    }
+}
+
+/// The elements of `set` as the kernel should hold them: key, key_end, comment.
 pub fn expected_elements<'r>(
     ruleset: &Ruleset,
     set: &'r Set,
-    comments: &mut CommentCache<'r>,
-) -> Vec<raw::ParsedElem> {
+    comments: &mut ElementComments<'r>,
+) -> Vec<Expected> {
     set.elements
         .iter()
         .map(|e| {
             let (key, key_end) = element_keys(set, e);
-            raw::ParsedElem {
+            Expected {
                 key,
                 key_end,
-                userdata: Some(element_udata(comments.get(ruleset, &e.origins))),
+                userdata: comments.get(ruleset, &e.origins).udata.clone(),
             }
         })
         .collect()
@@ -553,7 +725,7 @@ fn add_set<'r>(
     b: &mut Builder,
     ruleset: &Ruleset,
     set: &'r Set,
-    comments: &mut CommentCache<'r>,
+    comments: &mut ElementComments<'r>,
 ) -> Result<(), RawError> {
     let id = b.next_set_id();
     let mut attrs = vec![
@@ -564,6 +736,11 @@ fn add_set<'r>(
         (sys::NFTNL_SET_KEY_LEN, u32v(set_key_len(set))),
         (sys::NFTNL_SET_ID, u32v(id)),
     ];
+    if let Some(size) = crate::backend::set_size(set) {
+        // What `size N;` sends: the kernel then allocates a fixed hash table
+        // up front instead of growing one during the batch (see `set_size`).
+        attrs.push((sys::NFTNL_SET_DESC_SIZE, u32v(size)));
+    }
     if set.kind == SetKind::Networks {
         // Interval sets of concatenations (pipapo) need each field's length.
         attrs.push((
@@ -584,77 +761,75 @@ fn add_set<'r>(
         },
     )?;
 
-    // Elements in chunks of bounded size; each chunk is one message.
-    let ident = vec![
-        (sys::NFTNL_SET_TABLE, strv(TABLE)?),
-        (sys::NFTNL_SET_NAME, strv(set.name)?),
-        (sys::NFTNL_SET_ID, u32v(id)),
-    ];
-    let mut chunk: Vec<Vec<Attr>> = Vec::new();
-    let mut origins: Vec<String> = Vec::new();
-    let mut bytes = 0;
-    let mut first = 0;
+    // Elements in messages of bounded size.
+    let mut msg: Option<(ElementsMessage, usize, Vec<Arc<str>>)> = None;
     for (i, e) in set.elements.iter().enumerate() {
         let comment = comments.get(ruleset, &e.origins);
         let (key, key_end) = element_keys(set, e);
-        let mut attrs = vec![(sys::NFTNL_SET_ELEM_KEY, key)];
-        if let Some(end) = key_end {
-            attrs.push((sys::NFTNL_SET_ELEM_KEY_END, end));
+        let elem = Elem {
+            key: key.as_slice(),
+            key_end: key_end.as_ref().map(Key::as_slice),
+            timeout_ms: None,
+            userdata: Some(&comment.udata),
+        };
+        if msg
+            .as_ref()
+            .is_some_and(|(m, _, _)| m.full_for(&b.bytes, &elem))
+        {
+            let (m, first, origins) = msg.take().expect("checked");
+            finish_set_elements(b, set, m, first, origins)?;
         }
-        attrs.push((sys::NFTNL_SET_ELEM_USERDATA, element_udata(comment)));
-        let size: usize = attrs.iter().map(|(_, v)| v.len() + 8).sum::<usize>() + 8;
-        if !chunk.is_empty() && bytes + size > ELEMENTS_MESSAGE_BYTES {
-            flush_elements(b, set, &ident, &mut chunk, &mut origins, first)?;
-            first = i;
-            bytes = 0;
-        }
-        bytes += size;
-        origins.push(comment.to_string());
-        chunk.push(attrs);
+        let (m, _, origins) = match &mut msg {
+            Some(open) => open,
+            None => msg.insert((
+                b.begin_elements(
+                    libc::NFT_MSG_NEWSETELEM as u32,
+                    NLM_F_CREATE,
+                    set.name,
+                    Some(id),
+                )?,
+                i,
+                Vec::new(),
+            )),
+        };
+        m.push(&mut b.bytes, &elem)?;
+        origins.push(comment.text.clone());
     }
-    if !chunk.is_empty() {
-        flush_elements(b, set, &ident, &mut chunk, &mut origins, first)?;
+    if let Some((m, first, origins)) = msg {
+        finish_set_elements(b, set, m, first, origins)?;
     }
     Ok(())
 }
 
-fn flush_elements(
+fn finish_set_elements(
     b: &mut Builder,
     set: &Set,
-    ident: &[Attr],
-    chunk: &mut Vec<Vec<Attr>>,
-    origins: &mut Vec<String>,
+    m: ElementsMessage,
     first: usize,
+    origins: Vec<Arc<str>>,
 ) -> Result<(), RawError> {
-    let count = chunk.len();
-    b.elements += count;
-    let msg = b.put(
-        libc::NFT_MSG_NEWSETELEM as u32,
-        NLM_F_CREATE,
-        &Object::Elements {
-            set: ident,
-            elements: chunk,
-        },
+    let count = origins.len();
+    b.elements += b.finish_elements(
+        m,
         Part::Elements {
             set: set.name.to_string(),
             first,
             count,
-            origins: std::mem::take(origins),
+            origins,
         },
     )?;
-    let (offset, len) = (msg.offset, msg.len);
-    let spans = element_spans(&b.bytes[offset..offset + len]);
-    b.messages.last_mut().expect("just pushed").element_spans = spans;
-    chunk.clear();
     Ok(())
 }
 
+#[cfg(test)]
 fn rd16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
 
 /// The byte ranges of the elements (NFTA_LIST_ELEM nests inside
-/// NFTA_SET_ELEM_LIST_ELEMENTS) of a NEWSETELEM message we built.
+/// NFTA_SET_ELEM_LIST_ELEMENTS) of a NEWSETELEM message, found by parsing it:
+/// what the spans the batch records while writing must be.
+#[cfg(test)]
 pub fn element_spans(msg: &[u8]) -> Vec<(usize, usize)> {
     const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
     let mut spans = Vec::new();
@@ -808,25 +983,22 @@ fn add_inline(
         &Object::Set(&attrs),
         part(),
     )?;
-    let ident = vec![
-        (sys::NFTNL_SET_TABLE, strv(TABLE)?),
-        (sys::NFTNL_SET_NAME, strv(name)?),
-        (sys::NFTNL_SET_ID, u32v(id)),
-    ];
-    let elements: Vec<Vec<Attr>> = inline
-        .keys
-        .into_iter()
-        .map(|k| vec![(sys::NFTNL_SET_ELEM_KEY, k)])
-        .collect();
-    b.put(
+    let mut m = b.begin_elements(
         libc::NFT_MSG_NEWSETELEM as u32,
         NLM_F_CREATE,
-        &Object::Elements {
-            set: &ident,
-            elements: &elements,
-        },
-        part(),
+        name,
+        Some(id),
     )?;
+    for key in &inline.keys {
+        m.push(
+            &mut b.bytes,
+            &Elem {
+                key,
+                ..Elem::default()
+            },
+        )?;
+    }
+    b.finish_elements(m, part())?;
     lookup(name, id)
 }
 
@@ -1210,11 +1382,12 @@ pub fn build_learned(
         if mine.is_empty() {
             continue;
         }
-        let ident = vec![
-            (sys::NFTNL_SET_TABLE, strv(TABLE)?),
-            (sys::NFTNL_SET_NAME, strv(set.name)?),
-        ];
-        let mut chunk = Vec::with_capacity(mine.len());
+        let mut m = b.begin_elements(
+            libc::NFT_MSG_NEWSETELEM as u32,
+            NLM_F_CREATE,
+            set.name,
+            None,
+        )?;
         let mut texts = Vec::with_capacity(mine.len());
         let mut origins = Vec::with_capacity(mine.len());
         for e in mine {
@@ -1224,25 +1397,20 @@ pub fn build_learned(
                     crate::text::describe_char(c)
                 )));
             }
-            chunk.push(vec![
-                (
-                    sys::NFTNL_SET_ELEM_KEY,
-                    concat_key(e.addr, e.protocol, e.port),
-                ),
-                (sys::NFTNL_SET_ELEM_TIMEOUT, u64v(e.timeout_ms)),
-                (sys::NFTNL_SET_ELEM_USERDATA, element_udata(&e.comment)),
-            ]);
+            m.push(
+                &mut b.bytes,
+                &Elem {
+                    key: concat_key(e.addr, e.protocol, e.port).as_slice(),
+                    key_end: None,
+                    timeout_ms: Some(e.timeout_ms),
+                    userdata: Some(&element_udata(&e.comment)),
+                },
+            )?;
             texts.push(format!("{} . {} . {}", e.addr, e.protocol, e.port));
             origins.push(e.comment.clone());
         }
-        b.elements += chunk.len();
-        let msg = b.put(
-            libc::NFT_MSG_NEWSETELEM as u32,
-            NLM_F_CREATE,
-            &Object::Elements {
-                set: &ident,
-                elements: &chunk,
-            },
+        b.elements += b.finish_elements(
+            m,
             Part::UpdateElements {
                 set: set.name.to_string(),
                 delete: false,
@@ -1250,9 +1418,6 @@ pub fn build_learned(
                 origins,
             },
         )?;
-        let (offset, len) = (msg.offset, msg.len);
-        let spans = element_spans(&b.bytes[offset..offset + len]);
-        b.messages.last_mut().expect("just pushed").element_spans = spans;
     }
     b.batch_marker(libc::NFNL_MSG_BATCH_END as u16, Part::BatchEnd, 0);
     Ok(Some(Batch {
@@ -1260,6 +1425,26 @@ pub fn build_learned(
         messages: b.messages,
         elements: b.elements,
     }))
+}
+
+fn finish_update(
+    b: &mut Builder,
+    set: &Set,
+    delete: bool,
+    m: ElementsMessage,
+    elements: Vec<String>,
+    origins: Vec<String>,
+) -> Result<(), RawError> {
+    b.elements += b.finish_elements(
+        m,
+        Part::UpdateElements {
+            set: set.name.to_string(),
+            delete,
+            elements,
+            origins,
+        },
+    )?;
+    Ok(())
 }
 
 /// Builds the batch for `diffs` (from [`diff_elements`]): DELSETELEM messages
@@ -1290,57 +1475,45 @@ pub fn build_update(
                 (new, &d.added)
             };
             let set = &ruleset.sets[d.set];
-            let mut comments = CommentCache::default();
-            let ident = vec![
-                (sys::NFTNL_SET_TABLE, strv(TABLE)?),
-                (sys::NFTNL_SET_NAME, strv(set.name)?),
-            ];
-            let mut chunk: Vec<Vec<Attr>> = Vec::new();
-            let mut texts = Vec::new();
-            let mut origins = Vec::new();
-            let mut bytes = 0;
-            for (k, &i) in indices.iter().enumerate() {
+            let mut comments = ElementComments::default();
+            let (msg_type, flags) = if delete {
+                (libc::NFT_MSG_DELSETELEM as u32, 0)
+            } else {
+                (libc::NFT_MSG_NEWSETELEM as u32, NLM_F_CREATE)
+            };
+            let mut msg: Option<(ElementsMessage, Vec<String>, Vec<String>)> = None;
+            for &i in indices {
                 let e = &set.elements[i];
                 let comment = comments.get(ruleset, &e.origins);
                 let (key, key_end) = element_keys(set, e);
-                let mut attrs = vec![(sys::NFTNL_SET_ELEM_KEY, key)];
-                if let Some(end) = key_end {
-                    attrs.push((sys::NFTNL_SET_ELEM_KEY_END, end));
+                let elem = Elem {
+                    key: key.as_slice(),
+                    key_end: key_end.as_ref().map(Key::as_slice),
+                    timeout_ms: None,
+                    // A delete names the element by its key alone.
+                    userdata: (!delete).then_some(&*comment.udata),
+                };
+                if msg
+                    .as_ref()
+                    .is_some_and(|(m, _, _)| m.full_for(&b.bytes, &elem))
+                {
+                    let (m, texts, origins) = msg.take().expect("checked");
+                    finish_update(&mut b, set, delete, m, texts, origins)?;
                 }
-                if !delete {
-                    attrs.push((sys::NFTNL_SET_ELEM_USERDATA, element_udata(comment)));
-                }
-                bytes += attrs.iter().map(|(_, v)| v.len() + 8).sum::<usize>() + 8;
-                chunk.push(attrs);
+                let (m, texts, origins) = match &mut msg {
+                    Some(open) => open,
+                    None => msg.insert((
+                        b.begin_elements(msg_type, flags, set.name, None)?,
+                        Vec::new(),
+                        Vec::new(),
+                    )),
+                };
+                m.push(&mut b.bytes, &elem)?;
                 texts.push(format!("{} . {} . {}", e.net, e.protocol, e.ports));
-                origins.push(comment.to_string());
-                if bytes > ELEMENTS_MESSAGE_BYTES || k + 1 == indices.len() {
-                    let (msg_type, flags) = if delete {
-                        (libc::NFT_MSG_DELSETELEM as u32, 0)
-                    } else {
-                        (libc::NFT_MSG_NEWSETELEM as u32, NLM_F_CREATE)
-                    };
-                    b.elements += chunk.len();
-                    let msg = b.put(
-                        msg_type,
-                        flags,
-                        &Object::Elements {
-                            set: &ident,
-                            elements: &chunk,
-                        },
-                        Part::UpdateElements {
-                            set: set.name.to_string(),
-                            delete,
-                            elements: std::mem::take(&mut texts),
-                            origins: std::mem::take(&mut origins),
-                        },
-                    )?;
-                    let (offset, len) = (msg.offset, msg.len);
-                    let spans = element_spans(&b.bytes[offset..offset + len]);
-                    b.messages.last_mut().expect("just pushed").element_spans = spans;
-                    chunk.clear();
-                    bytes = 0;
-                }
+                origins.push(comment.text.to_string());
+            }
+            if let Some((m, texts, origins)) = msg {
+                finish_update(&mut b, set, delete, m, texts, origins)?;
             }
         }
     }
@@ -1388,8 +1561,14 @@ mod tests {
     #[test]
     fn keys_are_padded_fields_in_network_order() {
         assert_eq!(
-            concat_key("9.9.9.9".parse().unwrap(), Protocol::Udp, 53),
+            concat_key("9.9.9.9".parse().unwrap(), Protocol::Udp, 53).as_slice(),
             [9, 9, 9, 9, 17, 0, 0, 0, 0, 53, 0, 0]
+        );
+        assert_eq!(
+            concat_key("2001:db8::1".parse().unwrap(), Protocol::Tcp, 443).as_slice(),
+            [
+                0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 6, 0, 0, 0, 1, 187, 0, 0
+            ]
         );
         assert_eq!(udata_comment("ab"), [0, 3, b'a', b'b', 0]);
     }

@@ -24,7 +24,7 @@
 //! (see `check_read_back`). At every size: the table exists; its chains are
 //! exactly `output` (filter hook on output, priority 0, the policy's default as
 //! chain policy) and `deny` (no hook); its named sets are exactly the ruleset's,
-//! each with the flags and key length the batch declared; each chain holds the
+//! each with the flags, key length and size the batch declared; each chain holds the
 //! batch's rules in order, each with the same expressions and comment. For the
 //! elements of each named set it depends on the set's size:
 //!
@@ -50,6 +50,7 @@
 mod batch;
 pub use self::batch::{LearnedElement, SetChange};
 pub mod raw;
+mod wire;
 
 use std::collections::HashMap;
 use std::io;
@@ -57,9 +58,9 @@ use std::time::{Duration, Instant};
 
 use nftnl_sys as sys;
 
-use self::batch::{Batch, FAMILY, Part, TABLE};
+use self::batch::{Batch, ElementComments, Expected, FAMILY, Key, Part, TABLE};
 use self::raw::{NlSocket, Object, ParsedRule, RawError, strv};
-use crate::backend::CommentCache;
+use self::wire::{Elem, ElementList};
 use crate::ir::{ChainId, Element, Ruleset, Set, SetKind};
 use crate::policy::model::DefaultAction;
 
@@ -224,7 +225,7 @@ pub fn update_elements(old: &Ruleset, new: &Ruleset) -> Result<ElementUpdate, Ne
     for d in &diffs {
         let set = &new.sets[d.set];
         if set.elements.len() < FULL_DUMP_BELOW {
-            check_set_elements(&sock, new, set, &mut CommentCache::default())?;
+            check_set_elements(&sock, new, set, &mut ElementComments::default())?;
             continue;
         }
         // A large set: what the batch changed, byte for byte (see above).
@@ -233,7 +234,7 @@ pub fn update_elements(old: &Ruleset, new: &Ruleset) -> Result<ElementUpdate, Ne
             ..set.clone()
         };
         if !added.elements.is_empty() {
-            let want = batch::expected_elements(new, &added, &mut CommentCache::default());
+            let want = batch::expected_elements(new, &added, &mut ElementComments::default());
             check_elements_by_lookup(&sock, &added, &want)?;
         }
         check_absent(&sock, set, &d.gone(&old.sets[d.set], set))?;
@@ -293,10 +294,6 @@ fn check_absent(sock: &NlSocket, set: &Set, gone: &[&Element]) -> Result<(), Net
         what: "set elements",
         source,
     };
-    let ident = vec![
-        (sys::NFTNL_SET_TABLE, strv(TABLE)?),
-        (sys::NFTNL_SET_NAME, strv(set.name)?),
-    ];
     sock.set_recv_timeout(Duration::from_secs(10))
         .map_err(err)?;
     let mut buf = vec![0u8; 256 * 1024];
@@ -305,21 +302,25 @@ fn check_absent(sock: &NlSocket, set: &Set, gone: &[&Element]) -> Result<(), Net
         let mut req = Vec::new();
         for (k, e) in round.iter().enumerate() {
             let (key, key_end) = batch::element_keys(set, e);
-            let mut attrs = vec![(sys::NFTNL_SET_ELEM_KEY, key)];
-            if let Some(end) = key_end {
-                attrs.push((sys::NFTNL_SET_ELEM_KEY_END, end));
-            }
-            raw::put_message(
+            let mut m = ElementList::begin(
                 &mut req,
                 libc::NFT_MSG_GETSETELEM as u16,
                 FAMILY,
                 (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
                 first.wrapping_add(k as u32),
-                &Object::Elements {
-                    set: &ident,
-                    elements: &[attrs],
+                TABLE,
+                set.name,
+                None,
+            )?;
+            m.push(
+                &mut req,
+                &Elem {
+                    key: key.as_slice(),
+                    key_end: key_end.as_ref().map(Key::as_slice),
+                    ..Elem::default()
                 },
             )?;
+            m.finish(&mut req)?;
         }
         sock.send(&req).map_err(err)?;
         let mut done = vec![false; round.len()];
@@ -635,7 +636,7 @@ fn commit(sock: &NlSocket, batch: &Batch) -> Result<(), NetlinkError> {
                 ) => Some(format!(
                     "element {} of set {set} from {}",
                     start + i,
-                    origins.get(i).map(String::as_str).unwrap_or("?")
+                    origins.get(i).map(|o| &**o).unwrap_or("?")
                 )),
                 (
                     Some(i),
@@ -659,6 +660,15 @@ fn commit(sock: &NlSocket, batch: &Batch) -> Result<(), NetlinkError> {
                 });
             }
         }
+        if first.errno == libc::ENFILE {
+            if let Part::Elements { set, .. } | Part::UpdateElements { set, .. } = &msg.part {
+                let full = set_full(sock, set);
+                detail = Some(match detail {
+                    Some(d) => format!("{full}; {d}"),
+                    None => full,
+                });
+            }
+        }
         return Err(NetlinkError::Rejected {
             part: msg.part.to_string(),
             seq: first.seq,
@@ -678,6 +688,43 @@ fn commit(sock: &NlSocket, batch: &Batch) -> Result<(), NetlinkError> {
         });
     }
     Ok(())
+}
+
+/// What to say when the kernel refused elements with ENFILE: the set holds as
+/// many elements as the size it was created with (see
+/// [`crate::backend::set_size`]), which only a new `egressc apply` changes.
+/// The size is read from the kernel, as best it can be.
+fn set_full(sock: &NlSocket, set: &str) -> String {
+    let size = table_sets(sock)
+        .ok()
+        .and_then(|sets| sets.into_iter().find(|s| s.name == set))
+        .map(|s| s.size)
+        .filter(|&n| n > 0);
+    let room = match size {
+        Some(n) => format!("it was created for at most {n} elements"),
+        None => "it holds as many elements as the size it was created with".to_string(),
+    };
+    format!(
+        "set {set} is full: {room}; run `egressc apply` to re-size it for the current addresses"
+    )
+}
+
+/// The sets of table inet egressc, as the kernel describes them.
+fn table_sets(sock: &NlSocket) -> Result<Vec<raw::ParsedSet>, NetlinkError> {
+    let filter = vec![(sys::NFTNL_SET_TABLE, strv(TABLE)?)];
+    let mut sets = Vec::new();
+    for msg in dump(
+        sock,
+        "the sets",
+        libc::NFT_MSG_GETSET as u32,
+        &Object::Set(&filter),
+    )? {
+        let s = raw::parse_set(&msg)?;
+        if s.table == TABLE {
+            sets.push(s);
+        }
+    }
+    Ok(sets)
 }
 
 /// Sends one dump request and returns every answer message (NLMSG_DONE excluded).
@@ -819,20 +866,9 @@ fn check_read_back(sock: &NlSocket, ruleset: &Ruleset, batch: &Batch) -> Result<
         return mismatch("chain deny has a hook".into());
     }
 
-    // Named sets: the ruleset's, with their flags and keys.
-    let set_filter = vec![(sys::NFTNL_SET_TABLE, strv(TABLE)?)];
-    let mut sets = Vec::new();
-    for msg in dump(
-        sock,
-        "the sets",
-        libc::NFT_MSG_GETSET as u32,
-        &Object::Set(&set_filter),
-    )? {
-        let s = raw::parse_set(&msg)?;
-        if s.table == TABLE && s.flags & NFT_SET_ANONYMOUS == 0 {
-            sets.push(s);
-        }
-    }
+    // Named sets: the ruleset's, with their flags, keys and sizes.
+    let mut sets = table_sets(sock)?;
+    sets.retain(|s| s.flags & NFT_SET_ANONYMOUS == 0);
     let mut got: Vec<&str> = sets.iter().map(|s| s.name.as_str()).collect();
     let mut want: Vec<&str> = ruleset.sets.iter().map(|s| s.name).collect();
     got.sort();
@@ -842,18 +878,23 @@ fn check_read_back(sock: &NlSocket, ruleset: &Ruleset, batch: &Batch) -> Result<
     }
 
     // Elements: every one of the ruleset's, with its comment, and nothing more.
-    let mut comments = CommentCache::default();
+    let mut comments = ElementComments::default();
     for set in &ruleset.sets {
         let s = sets
             .iter()
             .find(|s| s.name == set.name)
             .expect("names compared");
-        if s.flags != batch::set_flags(set) || s.key_len != batch::set_key_len(set) {
+        let size = crate::backend::set_size(set).unwrap_or(0);
+        if s.flags != batch::set_flags(set)
+            || s.key_len != batch::set_key_len(set)
+            || s.size != size
+        {
             return mismatch(format!(
-                "set {} has flags {:#x} and key length {}, expected {:#x} and {}",
+                "set {} has flags {:#x}, key length {} and size {}, expected {:#x}, {} and {size}",
                 set.name,
                 s.flags,
                 s.key_len,
+                s.size,
                 batch::set_flags(set),
                 batch::set_key_len(set)
             ));
@@ -919,11 +960,11 @@ fn check_set_elements<'r>(
     sock: &NlSocket,
     ruleset: &Ruleset,
     set: &'r Set,
-    comments: &mut CommentCache<'r>,
+    comments: &mut ElementComments<'r>,
 ) -> Result<(), NetlinkError> {
     let want = batch::expected_elements(ruleset, set, comments);
     if want.len() < FULL_DUMP_BELOW {
-        check_elements_by_dump(sock, set.name, want)
+        check_elements_by_dump(sock, set.name, want.iter().map(Expected::parsed).collect())
     } else {
         check_elements_by_lookup(sock, set, &want)
     }
@@ -941,10 +982,11 @@ fn check_elements_by_dump(
         (sys::NFTNL_SET_NAME, strv(set)?),
     ];
     want.sort();
-    // A hash set's dump walks an rhashtable that the kernel may still be
-    // resizing after a large insert; across the dump's rounds that can repeat
-    // some elements and skip others. Duplicates are dropped; a walk that still
-    // differs is repeated a few times before it counts as a mismatch.
+    // A hash set declared without a size (learned sets, or a table an older
+    // egressc applied) is an rhashtable the kernel may still be resizing after
+    // a large insert; across the dump's rounds that can repeat some elements
+    // and skip others. Duplicates are dropped; a walk that still differs is
+    // repeated a few times before it counts as a mismatch.
     let mut attempt = 0;
     loop {
         let mut got = Vec::with_capacity(want.len());
@@ -986,9 +1028,9 @@ fn check_elements_by_dump(
 }
 
 /// How an element reads in a mismatch report: `10.0.0.1/32 . tcp . 443 "comment"`.
-fn describe(set: &Set, index: usize, want: &raw::ParsedElem) -> String {
+fn describe(set: &Set, index: usize, want: &Expected) -> String {
     let e = &set.elements[index];
-    let comment = udata_comment(want.userdata.as_deref()).unwrap_or_default();
+    let comment = udata_comment(Some(&want.userdata)).unwrap_or_default();
     format!(
         "element {index} of set {} ({} . {} . {} \"{comment}\")",
         set.name, e.net, e.protocol, e.ports
@@ -1084,7 +1126,7 @@ fn parse_answer(msg: &[u8]) -> Answer<'_> {
 fn check_elements_by_lookup(
     sock: &NlSocket,
     set: &Set,
-    want: &[raw::ParsedElem],
+    want: &[Expected],
 ) -> Result<(), NetlinkError> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -1119,7 +1161,7 @@ fn check_elements_by_lookup(
 fn lookup_range(
     sock: &NlSocket,
     set: &Set,
-    want: &[raw::ParsedElem],
+    want: &[Expected],
     range: std::ops::Range<usize>,
 ) -> Result<(), NetlinkError> {
     let err = |source| NetlinkError::Dump {
@@ -1127,10 +1169,6 @@ fn lookup_range(
         source,
     };
     let mismatch = |s: String| Err(NetlinkError::ReadBack(s));
-    let ident = vec![
-        (sys::NFTNL_SET_TABLE, strv(TABLE)?),
-        (sys::NFTNL_SET_NAME, strv(set.name)?),
-    ];
     // Every answer is queued on the socket while the kernel handles the sendmsg,
     // and one that does not fit the receive buffer is lost (ENOBUFS): a round
     // asks for no more answers than the buffer holds.
@@ -1144,35 +1182,35 @@ fn lookup_range(
     let mut round_start = range.start;
     while round_start < range.end {
         let round_end = (round_start + per_round).min(range.end);
-        let mut req = Vec::with_capacity(LOOKUP_MESSAGE_BYTES * 2);
+        let mut req = Vec::with_capacity((round_end - round_start) * 48 + 4096);
         let mut lookups: Vec<Lookup> = Vec::new();
         let mut first = round_start;
         while first < round_end {
-            let mut chunk: Vec<Vec<raw::Attr>> = Vec::new();
-            let mut bytes = 0;
-            let mut i = first;
-            while i < round_end && (chunk.is_empty() || bytes < LOOKUP_MESSAGE_BYTES) {
-                let w = &want[i];
-                let mut attrs = vec![(sys::NFTNL_SET_ELEM_KEY, w.key.clone())];
-                if let Some(end) = &w.key_end {
-                    attrs.push((sys::NFTNL_SET_ELEM_KEY_END, end.clone()));
-                }
-                bytes += attrs.iter().map(|(_, v)| v.len() + 8).sum::<usize>() + 8;
-                chunk.push(attrs);
-                i += 1;
-            }
             seq = seq.wrapping_add(1);
-            raw::put_message(
+            let mut m = ElementList::begin(
                 &mut req,
                 libc::NFT_MSG_GETSETELEM as u16,
                 FAMILY,
                 (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
                 seq,
-                &Object::Elements {
-                    set: &ident,
-                    elements: &chunk,
-                },
+                TABLE,
+                set.name,
+                None,
             )?;
+            let mut i = first;
+            while i < round_end && (m.count() == 0 || m.len(&req) < LOOKUP_MESSAGE_BYTES) {
+                let w = &want[i];
+                m.push(
+                    &mut req,
+                    &Elem {
+                        key: w.key.as_slice(),
+                        key_end: w.key_end.as_ref().map(Key::as_slice),
+                        ..Elem::default()
+                    },
+                )?;
+                i += 1;
+            }
+            m.finish(&mut req)?;
             lookups.push(Lookup {
                 seq,
                 first,
@@ -1227,11 +1265,12 @@ fn lookup_range(
                     l.answered += 1;
                     let a = parse_answer(h.msg);
                     let w = &want[i];
+                    let key_end = w.key_end.as_ref().map(Key::as_slice);
                     if a.set != set.name.as_bytes()
                         || a.elements != 1
                         || a.key != Some(w.key.as_slice())
-                        || a.key_end != w.key_end.as_deref()
-                        || a.userdata != w.userdata.as_deref()
+                        || a.key_end != key_end
+                        || a.userdata != Some(&*w.userdata)
                     {
                         let mut diff = Vec::new();
                         if a.set != set.name.as_bytes() || a.elements != 1 {
@@ -1244,10 +1283,10 @@ fn lookup_range(
                         if a.key != Some(w.key.as_slice()) {
                             diff.push(format!("key {:02x?}", a.key));
                         }
-                        if a.key_end != w.key_end.as_deref() {
+                        if a.key_end != key_end {
                             diff.push(format!("end {:02x?}", a.key_end));
                         }
-                        if a.userdata != w.userdata.as_deref() {
+                        if a.userdata != Some(&*w.userdata) {
                             diff.push(format!("comment {:?}", udata_comment(a.userdata)));
                         }
                         return mismatch(format!(

@@ -10,7 +10,9 @@
 //! a list of `(libnftnl attribute, value bytes)`. What to put in those lists (the
 //! meaning) lives in safe code (`batch.rs`); this module only moves bytes across
 //! the FFI boundary and checks sizes, so its surface is small enough to test
-//! completely (see the tests at the end).
+//! completely (see the tests at the end). Set elements, thousands to a batch,
+//! are written by hand in safe code instead (`wire.rs`); [`Object::Elements`]
+//! remains for dump requests and as the reference `wire.rs` is tested against.
 
 use std::ffi::{CStr, CString, c_void};
 use std::io;
@@ -360,6 +362,8 @@ pub struct ParsedSet {
     pub flags: u32,
     pub key_type: u32,
     pub key_len: u32,
+    /// The declared size (NFTA_SET_DESC_SIZE); 0 if none.
+    pub size: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -451,6 +455,7 @@ fn set_info(s: *const sys::nftnl_set) -> ParsedSet {
         flags: u32_of(sys::NFTNL_SET_FLAGS),
         key_type: u32_of(sys::NFTNL_SET_KEY_TYPE),
         key_len: u32_of(sys::NFTNL_SET_KEY_LEN),
+        size: u32_of(sys::NFTNL_SET_DESC_SIZE),
     }
 }
 
@@ -855,7 +860,8 @@ mod tests {
                 name: "s".into(),
                 flags: 0x84,
                 key_type: 0x730d,
-                key_len: 12
+                key_len: 12,
+                size: 0,
             }
         );
         // NFTA_SET_DESC (9) { NFTA_SET_DESC_CONCAT (2) { elem { field len 4 }, {1}, {2} } }
