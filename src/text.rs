@@ -56,6 +56,19 @@ const fn ascii_table(marks: &[u8], more: &[u8]) -> [bool; 128] {
     table
 }
 
+/// Whether every character of `s` is quoted-safe: the same check as
+/// [`is_quoted_safe`], a byte at a time (all allowed characters are ASCII, so a
+/// byte of a multi-byte character fails it), for the millions of checks a large
+/// render makes.
+pub fn all_quoted_safe(s: &str) -> bool {
+    s.bytes().all(|b| b < 128 && QUOTED_SAFE[b as usize])
+}
+
+/// [`all_quoted_safe`] for [`is_render_safe`].
+pub fn all_render_safe(s: &str) -> bool {
+    s.bytes().all(|b| b < 128 && RENDER_SAFE[b as usize])
+}
+
 /// The first character of `s` that is not quoted-safe, if any.
 ///
 /// ```
@@ -109,6 +122,14 @@ mod tests {
             let quoted = c.is_ascii_alphanumeric() || " []()-_.:/,+=@*".contains(c);
             assert_eq!(is_quoted_safe(c), quoted, "{c:?}");
             assert_eq!(is_render_safe(c), quoted || "{}<>!".contains(c), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn the_byte_checks_agree_with_the_character_checks() {
+        for s in ["abc", "a\"b", "é", "x$y", "[EGRESS] ", "*.a", "{}", "a\nb", ""] {
+            assert_eq!(all_quoted_safe(s), s.chars().all(is_quoted_safe), "{s:?}");
+            assert_eq!(all_render_safe(s), s.chars().all(is_render_safe), "{s:?}");
         }
     }
 

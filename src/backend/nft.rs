@@ -13,6 +13,7 @@ use minijinja::value::Serde;
 use serde::Serialize;
 
 use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
 
 use minijinja::Value;
 
@@ -115,13 +116,14 @@ fn set_value<'r>(
         }
         key.clear();
         // Hash sets hold single addresses; interval sets take prefixes and ranges.
-        if interval {
-            write!(key, "{}", e.net)
-        } else {
-            write!(key, "{}", e.net.addr())
+        match (interval, e.net.addr()) {
+            // The common case of a large render, without the formatting machinery.
+            (false, IpAddr::V4(a)) => push_ipv4(&mut key, a),
+            (false, a) => write!(key, "{a}").expect("writing to a String cannot fail"),
+            (true, _) => write!(key, "{}", e.net).expect("writing to a String cannot fail"),
         }
-        .and_then(|_| write!(key, " . {} . {} comment ", e.protocol, e.ports))
-        .expect("writing to a String cannot fail");
+        write!(key, " . {} . {} comment ", e.protocol, e.ports)
+            .expect("writing to a String cannot fail");
         block
             .bare(&key)?
             .quoted(comments.get(ruleset, &e.origins))?
@@ -137,6 +139,23 @@ fn set_value<'r>(
         has_elements => !set.elements.is_empty(),
         elements => block.finish(),
     })
+}
+
+/// Appends an IPv4 address in dotted decimal (what `Display` prints), a few
+/// times faster than `write!` for the 100,000 addresses of a large set.
+fn push_ipv4(out: &mut String, addr: Ipv4Addr) {
+    for (i, octet) in addr.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
 }
 
 /// `ip daddr . meta l4proto . th dport @set `: one lookup decides the packet.
@@ -190,5 +209,24 @@ fn rule_view(ruleset: &Ruleset, rule: &Rule) -> RuleView {
         log_group,
         verdict,
         comment: fit_comment(&rule.comment),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ipv4_addresses_print_as_display_does() {
+        for a in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.0.0.255",
+            "99.100.101.9",
+            "255.255.255.255",
+        ] {
+            let addr: std::net::Ipv4Addr = a.parse().unwrap();
+            let mut s = String::new();
+            super::push_ipv4(&mut s, addr);
+            assert_eq!(s, addr.to_string());
+        }
     }
 }

@@ -62,6 +62,9 @@ fn printable_value(value: &Value) -> Result<String, Error> {
 
 /// Refuses text with any character that could end a string or start a statement.
 pub fn check_render_safe(text: &str) -> Result<(), Error> {
+    if crate::text::all_render_safe(text) {
+        return Ok(());
+    }
     match text.chars().find(|c| !is_render_safe(*c)) {
         None => Ok(()),
         Some(c) => Err(Error::new(
@@ -102,7 +105,9 @@ impl CheckedTextBuilder {
 
     /// Appends `"text"`: quoted-safe only, so it cannot end the string.
     pub fn quoted(&mut self, text: &str) -> Result<&mut Self, Error> {
-        if let Some(c) = text.chars().find(|c| !is_quoted_safe(*c)) {
+        if !crate::text::all_quoted_safe(text)
+            && let Some(c) = text.chars().find(|c| !is_quoted_safe(*c))
+        {
             return Err(Error::new(
                 ErrorKind::InvalidOperation,
                 format!(
