@@ -127,7 +127,17 @@ mod tests {
 
     #[test]
     fn the_byte_checks_agree_with_the_character_checks() {
-        for s in ["abc", "a\"b", "é", "x$y", "[EGRESS] ", "*.a", "{}", "a\nb", ""] {
+        for s in [
+            "abc",
+            "a\"b",
+            "é",
+            "x$y",
+            "[EGRESS] ",
+            "*.a",
+            "{}",
+            "a\nb",
+            "",
+        ] {
             assert_eq!(all_quoted_safe(s), s.chars().all(is_quoted_safe), "{s:?}");
             assert_eq!(all_render_safe(s), s.chars().all(is_render_safe), "{s:?}");
         }
