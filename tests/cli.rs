@@ -870,3 +870,45 @@ fn exec_refuses_a_proxy_mode_policy_before_touching_anything() {
     assert!(run.stderr.contains("egressc watch"), "{}", run.describe());
     assert!(!marker.exists(), "the workload ran");
 }
+
+/// In proxy mode a name is decided by the proxy (no address is known before it
+/// answers): a name under an entry on that entry's port is allowed, another
+/// port or an unlisted name is denied, and no DNS is needed to say so.
+#[test]
+fn explain_in_proxy_mode_decides_names_by_the_entries_the_proxy_serves() {
+    let policy = std::fs::canonicalize("examples/proxy-agent/policy.yaml").unwrap();
+    let policy = policy.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = egressc(
+        dir.path(),
+        &["explain", policy, "https://objects.githubusercontent.com"],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    assert!(
+        run.stdout.contains("allow[1] host *.githubusercontent.com"),
+        "{}",
+        run.describe()
+    );
+    let run = egressc(
+        dir.path(),
+        &["explain", policy, "objects.githubusercontent.com:22"],
+    );
+    assert_eq!(run.code, Some(1), "{}", run.describe());
+    assert!(
+        run.stdout.contains("no entry for it allows port 22/tcp"),
+        "{}",
+        run.describe()
+    );
+    let run = egressc(dir.path(), &["explain", policy, "githubusercontent.com"]);
+    assert_eq!(
+        run.code,
+        Some(1),
+        "a wildcard is not its apex: {}",
+        run.describe()
+    );
+    assert!(
+        run.stdout.contains("the DNS proxy refuses this name"),
+        "{}",
+        run.describe()
+    );
+}

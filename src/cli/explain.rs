@@ -108,6 +108,11 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         f.code = EXIT_OPERATIONAL;
         f
     })?;
+    if loaded.policy.dns.proxy.is_some()
+        && let DestHost::Name(name) = &dest.host
+    {
+        return Ok(explain_proxied(&loaded, name, &dest));
+    }
     let resolution = resolution(&args.policy, &loaded, &args.source)?;
     let ruleset = lower::lower(&loaded.policy, &resolution).map_err(Failure::operational)?;
 
@@ -190,6 +195,51 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// In proxy mode a name is decided by the proxy: it resolves only names the
+/// allow list names (exactly or under a wildcard), and what it answers is
+/// allowed on those entries' ports for TTL + grace. No address is known
+/// before it answers, so the decision is about the name.
+fn explain_proxied(
+    loaded: &egressc::policy::Loaded,
+    name: &HostName,
+    dest: &Destination,
+) -> ExitCode {
+    let entries: Vec<&egressc::policy::model::AllowEntry> =
+        loaded.policy.entries_for_name(name.as_str()).collect();
+    let covering: Vec<String> = entries
+        .iter()
+        .filter(|e| e.protocol == dest.protocol && e.ports.iter().any(|p| p.contains(dest.port)))
+        .map(|e| format!("allow[{}] {} ({}:{})", e.index, e.label, loaded.file, e.pos))
+        .collect();
+    let shown = format!("{name}:{}/{}", dest.port, dest.protocol);
+    if !covering.is_empty() {
+        println!("allow {shown}");
+        println!(
+            "  addresses the DNS proxy answers  allow  {}  [learned for TTL + grace]",
+            covering.join(", ")
+        );
+        return ExitCode::SUCCESS;
+    }
+    println!("deny {shown}");
+    if entries.is_empty() {
+        println!(
+            "  the DNS proxy refuses this name: no allow entry names it, so nothing resolves it"
+        );
+    } else {
+        let named: Vec<String> = entries
+            .iter()
+            .map(|e| format!("allow[{}] {}", e.index, e.label))
+            .collect();
+        println!(
+            "  the name resolves ({}), but no entry for it allows port {}/{}",
+            named.join(", "),
+            dest.port,
+            dest.protocol
+        );
+    }
+    ExitCode::from(1)
 }
 
 /// Resolves a name that is not in the policy, through the policy's pinned resolvers.
