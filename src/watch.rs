@@ -545,12 +545,16 @@ impl Watcher {
 
     /// How long to sleep from `now`; never longer than the ceiling, so a
     /// wall clock set back does not stall the watcher.
+    /// How long to sleep: until the next host is due or grace ends, and at
+    /// most the floor, so a housekeeping round (is the record still ours, is
+    /// the table still there?) runs at least that often even when no host is
+    /// due — with a proxy-mode policy of wildcards only, none ever is.
     fn wait(&self, now: u64, lookup_in_flight: bool) -> Duration {
-        let max = self.schedule.max_ms;
+        let tick = self.schedule.min_ms;
         let until = self
             .next_round(lookup_in_flight)
-            .unwrap_or(now.saturating_add(max));
-        Duration::from_millis(until.saturating_sub(now).min(max))
+            .unwrap_or(now.saturating_add(tick));
+        Duration::from_millis(until.saturating_sub(now).min(tick))
     }
 
     /// Runs until `shutdown` fires (then returns `Ok`, leaving the ruleset in
@@ -587,10 +591,15 @@ impl Watcher {
                 _ = stopping(&mut shutdown) => break,
                 answers = finished(&mut lookup) => answers,
                 _ = tokio::time::sleep(wait) => {
-                    let grace_over = watcher.grace_wake().is_some_and(|at| at <= now_ms());
-                    if !grace_over {
-                        continue; // a host fell due: the loop starts its lookup
+                    let now = now_ms();
+                    let grace_over = watcher.grace_wake().is_some_and(|at| at <= now);
+                    let host_due = lookup.is_none()
+                        && watcher.schedule.next_due().is_some_and(|at| at <= now);
+                    if !grace_over && host_due {
+                        continue; // the loop starts the due host's lookup
                     }
+                    // The end of a grace, or a housekeeping tick: a round
+                    // without lookups, which checks the record and the table.
                     Vec::new()
                 }
             };

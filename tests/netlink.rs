@@ -660,15 +660,53 @@ fn the_proxy_gate_adds_answers_with_ttl_plus_grace_and_never_shortens_them() {
     assert_eq!(counts.unwrap().written, 1);
     assert_eq!(learned(&ns, "proxy_v4")[0].1, 1200);
 
-    // After the table is replaced the gate must write again, not trust its memory.
+    // After the table is replaced the gate must not trust its memory: while no
+    // record says this policy is applied (another policy's apply) it refuses,
+    // and once the record is this policy's it writes again on its own.
     apply_in(&ns, &rs).expect("re-applies");
     assert!(learned(&ns, "proxy_v4").is_empty());
-    gate.forget();
+    let state = tempfile::tempdir().unwrap();
+    // SAFETY: no other test of this binary reads the state directory.
+    unsafe { std::env::set_var("EGRESSC_STATE_DIR", state.path()) };
+    let g = gate.clone();
+    let refused =
+        ns.run(move || g.learn_counted("raw.githubusercontent.com", &[addr("192.0.2.80", 60)]));
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("no longer the applied one")),
+        "{refused:?}"
+    );
+    assert!(learned(&ns, "proxy_v4").is_empty());
+    let lock = Path::new("examples/proxy-agent/policy.yaml.lock");
+    let record = egressc::apply::state::Applied {
+        policy_path: policy_path.display().to_string(),
+        policy_sha256: policy.source_hash.clone(),
+        applied_at: "2026-01-01T00:00:00Z".into(),
+        backend: egressc::apply::Backend::Netlink,
+        resolution: egressc::resolve::lock::read(lock, policy_path, &policy).unwrap(),
+        policy_text: std::fs::read_to_string(policy_path).unwrap(),
+        seen: Default::default(),
+    };
+    egressc::apply::state::write_applied(Some(&record)).unwrap();
     let g = gate.clone();
     let counts =
         ns.run(move || g.learn_counted("raw.githubusercontent.com", &[addr("192.0.2.80", 60)]));
     assert_eq!(counts.unwrap().written, 1);
     assert_eq!(learned(&ns, "proxy_v4").len(), 1);
+
+    // An answer bigger than one netlink message (700 addresses, ~80 KiB of
+    // elements) is learned whole, in one batch of several messages.
+    let many: Vec<ResolvedAddr> = (0..700u32)
+        .map(|i| ResolvedAddr {
+            addr: std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a63_0000 + i)),
+            ttl: 60,
+        })
+        .collect();
+    let g = gate.clone();
+    let counts = ns.run(move || g.learn_counted("big.githubusercontent.com", &many));
+    assert_eq!(counts.unwrap().written, 700);
+    assert_eq!(learned(&ns, "proxy_v4").len(), 701);
 
     // Without the table, learning fails (the proxy then answers SERVFAIL).
     ns.exec_ok("nft", &["delete", "table", "inet", "egressc"]);

@@ -76,6 +76,23 @@ impl PolicyGate {
         self.lock().expiries.clear();
     }
 
+    /// The table was loaded again. If the applied policy is still this one
+    /// (watch reloaded it, or `apply` of the same file), start over with its
+    /// empty learned sets; otherwise refuse: the proxy answers SERVFAIL until
+    /// watch notices and stops.
+    fn adopt_reloaded_table(&self, state: &mut GateState) -> Result<(), String> {
+        let applied = super::state::read_applied().map_err(|e| e.to_string())?;
+        if applied.is_none_or(|a| a.policy_sha256 != self.policy.source_hash) {
+            return Err(
+                "table inet egressc was replaced and this proxy's policy is no longer the applied one"
+                    .into(),
+            );
+        }
+        state.learner.adopt_table().map_err(|e| e.to_string())?;
+        state.expiries.clear();
+        Ok(())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
         // A panic while holding the lock leaves nothing half-done that matters:
         // the expiries are only a cache of what the kernel holds.
@@ -110,6 +127,12 @@ impl PolicyGate {
         let wanted = self.elements_for(name, addrs);
         let now = Instant::now();
         let mut state = self.lock();
+        // Every answer first checks that the table is still the one whose
+        // learned sets the gate remembers: after a reload they are empty, and
+        // after an `apply` of another policy this gate must not open anything.
+        if !state.learner.same_table().map_err(|e| e.to_string())? {
+            self.adopt_reloaded_table(&mut state)?;
+        }
         let mut comments = CommentCache::default();
         let origins: Vec<Vec<Origin>> = wanted
             .values()

@@ -71,6 +71,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             args.min_interval
         )));
     }
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -130,6 +131,25 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     runtime.shutdown_background();
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the soft limit on open files to the hard one: the proxy opens a
+/// socket per query in flight (up to 1,024), and running out would also
+/// starve watch's own netlink sockets and record writes. Best effort: a
+/// failure leaves the limit as it was.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a pointer to a live rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// The proxy's configuration and gate, in proxy mode.

@@ -101,7 +101,8 @@ pub struct DnsProxy {
     pub refusal: crate::proxy::Refusal,
     /// The socket mark (SO_MARK) of the proxy's upstream queries: the only DNS
     /// traffic the rules let reach the pinned resolvers. Setting a mark needs
-    /// CAP_NET_ADMIN, so a workload cannot forge it.
+    /// CAP_NET_ADMIN or (since Linux 5.17) CAP_NET_RAW, so a workload without
+    /// both cannot forge it.
     pub mark: u32,
     pub pos: Pos,
 }

@@ -2,8 +2,9 @@
 //! resolve names, and the step that opens the firewall for what it resolves.
 //!
 //! A query for a name the policy allows is forwarded to a pinned resolver from a
-//! socket carrying the proxy's mark (SO_MARK needs CAP_NET_ADMIN, so a workload
-//! cannot forge it, even as the same user); the addresses in the answer are handed
+//! socket carrying the proxy's mark (SO_MARK needs CAP_NET_ADMIN or CAP_NET_RAW,
+//! so a workload without both cannot forge it, even as the same user); the
+//! addresses in the answer are handed
 //! to the [`Gate`], which adds them to the firewall's sets, and only then is the
 //! answer returned, so the client's first SYN cannot race the set update. A query
 //! for any other name is answered REFUSED (or NXDOMAIN) and logged: no data leaves

@@ -17,8 +17,9 @@ use hickory_resolver::net::runtime::iocompat::AsyncIoTokioAsStd;
 use hickory_resolver::net::runtime::{RuntimeProvider, TokioRuntimeProvider};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
-/// Sets SO_MARK on a socket. Needs CAP_NET_ADMIN, which is the point: a
-/// workload without it cannot make its packets look like egressc's.
+/// Sets SO_MARK on a socket. Needs CAP_NET_ADMIN (or, since Linux 5.17,
+/// CAP_NET_RAW), which is the point: a workload without both cannot make its
+/// packets look like egressc's.
 pub fn set_socket_mark(fd: RawFd, mark: u32) -> io::Result<()> {
     // SAFETY: a valid fd and a pointer to a live u32 of the size given.
     let rc = unsafe {

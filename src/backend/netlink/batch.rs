@@ -1382,14 +1382,20 @@ pub fn build_learned(
         if mine.is_empty() {
             continue;
         }
-        let mut m = b.begin_elements(
-            libc::NFT_MSG_NEWSETELEM as u32,
-            NLM_F_CREATE,
-            set.name,
-            None,
-        )?;
-        let mut texts = Vec::with_capacity(mine.len());
-        let mut origins = Vec::with_capacity(mine.len());
+        // As many messages as the elements need (a message holds at most
+        // ELEMENTS_MESSAGE_BYTES): an answer with hundreds of addresses, each
+        // on several ports, is one batch of several messages.
+        let begin = |b: &mut Builder| {
+            b.begin_elements(
+                libc::NFT_MSG_NEWSETELEM as u32,
+                NLM_F_CREATE,
+                set.name,
+                None,
+            )
+        };
+        let mut m = begin(&mut b)?;
+        let mut texts = Vec::new();
+        let mut origins = Vec::new();
         for e in mine {
             if let Some(c) = e.comment.chars().find(|c| !crate::text::is_quoted_safe(*c)) {
                 return Err(RawError::Refused(format!(
@@ -1397,27 +1403,24 @@ pub fn build_learned(
                     crate::text::describe_char(c)
                 )));
             }
-            m.push(
-                &mut b.bytes,
-                &Elem {
-                    key: concat_key(e.addr, e.protocol, e.port).as_slice(),
-                    key_end: None,
-                    timeout_ms: Some(e.timeout_ms),
-                    userdata: Some(&element_udata(&e.comment)),
-                },
-            )?;
+            let key = concat_key(e.addr, e.protocol, e.port);
+            let udata = element_udata(&e.comment);
+            let elem = Elem {
+                key: key.as_slice(),
+                key_end: None,
+                timeout_ms: Some(e.timeout_ms),
+                userdata: Some(&udata),
+            };
+            if m.full_for(&b.bytes, &elem) {
+                // Finish this message before the next one starts after it.
+                finish_learned(&mut b, set, m, &mut texts, &mut origins)?;
+                m = begin(&mut b)?;
+            }
+            m.push(&mut b.bytes, &elem)?;
             texts.push(format!("{} . {} . {}", e.addr, e.protocol, e.port));
             origins.push(e.comment.clone());
         }
-        b.elements += b.finish_elements(
-            m,
-            Part::UpdateElements {
-                set: set.name.to_string(),
-                delete: false,
-                elements: texts,
-                origins,
-            },
-        )?;
+        finish_learned(&mut b, set, m, &mut texts, &mut origins)?;
     }
     b.batch_marker(libc::NFNL_MSG_BATCH_END as u16, Part::BatchEnd, 0);
     Ok(Some(Batch {
@@ -1425,6 +1428,25 @@ pub fn build_learned(
         messages: b.messages,
         elements: b.elements,
     }))
+}
+
+fn finish_learned(
+    b: &mut Builder,
+    set: &Set,
+    m: ElementsMessage,
+    texts: &mut Vec<String>,
+    origins: &mut Vec<String>,
+) -> Result<(), RawError> {
+    b.elements += b.finish_elements(
+        m,
+        Part::UpdateElements {
+            set: set.name.to_string(),
+            delete: false,
+            elements: std::mem::take(texts),
+            origins: std::mem::take(origins),
+        },
+    )?;
+    Ok(())
 }
 
 fn finish_update(

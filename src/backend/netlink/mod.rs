@@ -255,6 +255,8 @@ pub fn update_elements(old: &Ruleset, new: &Ruleset) -> Result<ElementUpdate, Ne
 pub struct Learner {
     sock: NlSocket,
     sets: Vec<Set>,
+    /// The handle of the table the learned sets belong to.
+    table: u64,
 }
 
 impl Learner {
@@ -272,7 +274,24 @@ impl Learner {
             ));
         }
         let sock = NlSocket::open().map_err(NetlinkError::Socket)?;
-        Ok(Learner { sock, sets })
+        let table = table_handle_on(&sock)?
+            .ok_or_else(|| NetlinkError::ReadBack("table inet egressc does not exist".into()))?;
+        Ok(Learner { sock, sets, table })
+    }
+
+    /// Whether the table is still the one the learner started with. A table
+    /// loaded again (by `watch` after it vanished, or by an `apply`) has new,
+    /// empty learned sets, and maybe another policy's rules.
+    pub fn same_table(&self) -> Result<bool, NetlinkError> {
+        Ok(table_handle_on(&self.sock)? == Some(self.table))
+    }
+
+    /// Takes the table as it is now as the learner's own (after the caller
+    /// checked it holds the same policy).
+    pub fn adopt_table(&mut self) -> Result<(), NetlinkError> {
+        self.table = table_handle_on(&self.sock)?
+            .ok_or_else(|| NetlinkError::ReadBack("table inet egressc does not exist".into()))?;
+        Ok(())
     }
 
     /// Adds (or extends the timeout of) every element in one batch and waits
@@ -774,6 +793,12 @@ fn dump(
 }
 
 fn table_exists_on(sock: &NlSocket) -> Result<bool, NetlinkError> {
+    Ok(table_handle_on(sock)?.is_some())
+}
+
+/// The handle of table inet egressc, if it exists (a table of another
+/// version of nf_tables that reports no handle counts as handle 0).
+fn table_handle_on(sock: &NlSocket) -> Result<Option<u64>, NetlinkError> {
     let answers = dump(
         sock,
         "the tables",
@@ -781,11 +806,12 @@ fn table_exists_on(sock: &NlSocket) -> Result<bool, NetlinkError> {
         &Object::Table(&[]),
     )?;
     for msg in answers {
-        if raw::parse_table(&msg)?.name == TABLE {
-            return Ok(true);
+        let table = raw::parse_table(&msg)?;
+        if table.name == TABLE {
+            return Ok(Some(table.handle.unwrap_or(0)));
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 const NFT_SET_ANONYMOUS: u32 = 0x1;

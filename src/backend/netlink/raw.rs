@@ -343,6 +343,8 @@ unsafe fn data(p: *const c_void, len: u32) -> Option<Vec<u8>> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedTable {
     pub name: String,
+    /// The kernel's handle: a table deleted and created again gets a new one.
+    pub handle: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -394,8 +396,14 @@ pub fn parse_table(msg: &[u8]) -> Result<ParsedTable, RawError> {
             sys::NFTNL_TABLE_NAME as u16,
         ))
     };
+    // SAFETY: t.ptr is a live table the parse above filled.
+    let handle = unsafe {
+        sys::nftnl_table_is_set(t.ptr, sys::NFTNL_TABLE_HANDLE as u16)
+            .then(|| sys::nftnl_table_get_u64(t.ptr, sys::NFTNL_TABLE_HANDLE as u16))
+    };
     Ok(ParsedTable {
         name: name.unwrap_or_default(),
+        handle,
     })
 }
 
