@@ -119,20 +119,24 @@ fn world() -> World {
     w
 }
 
+/// The allow list of the main test: an exact host and a wildcard.
+const BOTH_ENTRIES: &str = "  - host: api.proxy.test\n    ports: [443]\n  - host: \"*.cdn.proxy.test\"\n    ports: [443]\n";
+
 impl World {
-    fn policy(&self) -> PathBuf {
+    fn policy(&self, allow: &str) -> PathBuf {
         write_file(
             self.dir.path(),
             "policy.yaml",
             &format!(
-                "version: 1\nname: proxy-e2e\ndefault: deny\ndns:\n  resolvers: [{RESOLVER}]\n  proxy:\n    listen: {PROXY}\nlog:\n  prefix: \"egress-denied \"\nallow:\n  - host: api.proxy.test\n    ports: [443]\n  - host: \"*.cdn.proxy.test\"\n    ports: [443]\n"
+                "version: 1\nname: proxy-e2e\ndefault: deny\ndns:\n  resolvers: [{RESOLVER}]\n  proxy:\n    listen: {PROXY}\nlog:\n  prefix: \"egress-denied \"\nallow:\n{allow}"
             ),
         )
     }
 
-    /// Starts `egressc watch` and waits until the proxy answers.
-    fn start_watch(&mut self) {
-        let policy = self.policy();
+    /// Starts `egressc watch` on a policy allowing `allow` (with `extra`
+    /// arguments) and waits until the proxy answers.
+    fn start_watch(&mut self, allow: &str, extra: &[&str]) {
+        let policy = self.policy(allow);
         let child = self
             .client
             .command(EGRESSC)
@@ -143,13 +147,14 @@ impl World {
                 "--grace",
                 &GRACE.to_string(),
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&self.log).unwrap())
             .spawn()
             .expect("start egressc watch");
         self.watch = Some(child);
         let deadline = Instant::now() + Duration::from_secs(15);
-        while self.query_udp("api.proxy.test").is_none() {
+        while self.query_udp("x.cdn.proxy.test").is_none() {
             if let Some(status) = self.watch.as_mut().unwrap().try_wait().unwrap() {
                 panic!("watch exited with {status}: {}", self.log_text());
             }
@@ -230,15 +235,19 @@ fn proxy_mode_opens_exactly_what_it_answered_and_closes_dns() {
         return;
     }
     let mut w = world();
-    w.start_watch();
+    w.start_watch(BOTH_ENTRIES, &[]);
 
     // An exact host: resolved through the proxy, and it connects.
     let r = w.query_udp("api.proxy.test").expect("the proxy answers");
     assert_eq!((rcode(&r), answers(&r)), (0, 1));
     assert!(w.connects(API));
 
-    // A wildcard sub-name: closed until the proxy answers it, open right after.
-    assert!(!w.connects(CDN), "an unanswered wildcard address is open");
+    // A wildcard sub-name: open only once the proxy answered it (the readiness
+    // probe asked x.cdn.proxy.test; a sibling name is still closed).
+    assert!(
+        !w.connects(&race_addr(9)),
+        "an unanswered wildcard address is open"
+    );
     let r = w.query_udp("x.cdn.proxy.test").expect("the proxy answers");
     assert_eq!((rcode(&r), answers(&r)), (0, 1));
     assert!(w.connects(CDN));
@@ -339,4 +348,41 @@ fn proxy_mode_opens_exactly_what_it_answered_and_closes_dns() {
     );
     assert!(!w.connects(NEVER), "the rules left with watch");
     assert!(w.connects(API), "the applied rules left with watch");
+}
+
+/// With only wildcards no host is ever due, yet watch must still notice a
+/// table deleted behind its back and load it again (fail closed), and the
+/// proxy must keep opening what it answers in the new table.
+#[test]
+fn a_wildcard_only_watch_reloads_a_deleted_table() {
+    if !support::kernel_available("a_wildcard_only_watch_reloads_a_deleted_table") {
+        return;
+    }
+    let mut w = world();
+    w.start_watch(
+        "  - host: \"*.cdn.proxy.test\"\n    ports: [443]\n",
+        &["--min-interval", "1"],
+    );
+    assert!(w.connects(CDN));
+    assert!(!w.connects(NEVER));
+    w.client
+        .exec_ok("nft", &["delete", "table", "inet", "egressc"]);
+    assert!(w.connects(NEVER), "the test did not open egress");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.connects(NEVER) {
+        assert!(
+            Instant::now() < deadline,
+            "the deleted table was not loaded again: {}",
+            w.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The gate adopts the reloaded table: an answer opens its address again.
+    assert!(
+        !w.connects(CDN),
+        "the reloaded table kept a learned element"
+    );
+    let r = w.query_udp("x.cdn.proxy.test").expect("the proxy answers");
+    assert_eq!(rcode(&r), 0);
+    assert!(w.connects(CDN), "{}", w.log_text());
 }
