@@ -996,3 +996,59 @@ fn a_burst_of_queries_is_answered_in_full() {
     assert_eq!(lost, 0, "{lost} of {burst} queries got no answer");
     assert_eq!(proxy.stats().refused, burst as u64);
 }
+
+/// Of a client's query only the name (in lowercase) and type go upstream:
+/// letter case, CD and DO bits and the EDNS buffer size could otherwise carry
+/// bits of the client's choosing to the resolver. The client still gets its
+/// own question back, letter case included.
+#[test]
+fn only_the_lowercased_name_and_type_go_upstream() {
+    let seen: Arc<Mutex<Vec<(String, bool, bool, Option<(u16, bool)>)>>> = Arc::default();
+    let log = seen.clone();
+    let (upstream, _) = scripted_upstream(move |q| {
+        let question = q.queries[0].name().to_ascii();
+        log.lock().unwrap().push((
+            question.clone(),
+            q.recursion_desired,
+            q.checking_disabled,
+            q.edns
+                .as_ref()
+                .map(|e| (e.max_payload(), e.flags().dnssec_ok)),
+        ));
+        vec![answer_to(
+            q,
+            q.id,
+            &question,
+            vec![record(&question, 60, RData::A(A::new(192, 0, 2, 7)))],
+        )]
+    });
+    let gate = Arc::new(TestGate::new(&["web.proxy.test"]));
+    let proxy = start(config(vec![upstream]), gate.clone());
+    let mut m = Message::new(0x4242, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.metadata.checking_disabled = true;
+    m.add_query(Query::query(name("WeB.PrOxY.tEsT."), RecordType::A));
+    let mut edns = Edns::new();
+    edns.set_max_payload(1400);
+    edns.set_dnssec_ok(true);
+    m.set_edns(edns);
+    let answer = udp_ask(proxy.addr, &m.to_vec().unwrap(), WAIT).expect("an answer");
+    let answer = parse(&answer);
+    assert_eq!(answer.response_code, ResponseCode::NoError);
+    assert_eq!(answer.id, 0x4242);
+    assert_eq!(answer.queries[0].name().to_ascii(), "WeB.PrOxY.tEsT.");
+    assert_eq!(
+        addresses(&answer),
+        vec!["192.0.2.7".parse::<IpAddr>().unwrap()]
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        *seen,
+        vec![(
+            "web.proxy.test.".to_string(),
+            true,
+            false,
+            Some((4096, false))
+        )]
+    );
+}

@@ -479,13 +479,14 @@ impl Shared {
             bump(&self.stats.nodata, 1);
             return Some(reply(&query, ResponseCode::NoError, false));
         }
-        let Some(mut answer) = self.forward(&query, question, &name, client).await else {
+        let Some(mut answer) = self.forward(question, &name, client).await else {
             bump(&self.stats.failed, 1);
             return Some(reply(&query, ResponseCode::ServFail, false));
         };
         bump(&self.stats.forwarded, 1);
         // The upstream answered our random ID; the client wants its own back.
         answer[..2].copy_from_slice(&query.id.to_be_bytes());
+        restore_client_question(&mut answer, packet);
         if transport == Transport::Udp && answer.len() > client_udp_limit(&query) {
             // The gate has learned every address already; the client retries
             // over TCP and gets them all.
@@ -497,13 +498,7 @@ impl Shared {
 
     /// Asks the upstreams in order; returns the answer's bytes once its
     /// addresses are learned, or `None` (logged) for SERVFAIL.
-    async fn forward(
-        &self,
-        query: &Message,
-        question: &Query,
-        name: &QName,
-        client: SocketAddr,
-    ) -> Option<Vec<u8>> {
+    async fn forward(&self, question: &Query, name: &QName, client: SocketAddr) -> Option<Vec<u8>> {
         let qtype = TypeName(question.query_type());
         let id = match random_id() {
             Ok(id) => id,
@@ -514,7 +509,7 @@ impl Shared {
                 return None;
             }
         };
-        let Ok(request) = upstream_query(query, question, id) else {
+        let Ok(request) = upstream_query(question, id) else {
             self.log.line(format_args!(
                 "cannot encode the upstream query for {name} {qtype}; answering SERVFAIL"
             ));
@@ -753,28 +748,62 @@ fn random_id() -> io::Result<u16> {
     }
 }
 
-/// The message sent upstream: the client's question, its RD and CD flags and,
-/// if it sent EDNS, its payload size (capped) and DO bit. Nothing else of the
-/// client's message is passed on: EDNS options (client subnet, cookies,
-/// padding, unknown codes) are per hop, and would be a way to hand data to the
-/// resolver that the allow list does not see. The name keeps the client's
-/// letter case, so the answer's question section is the client's own.
-fn upstream_query(
-    query: &Message,
-    question: &Query,
-    id: u16,
-) -> Result<Vec<u8>, hickory_proto::ProtoError> {
+/// The message sent upstream: the client's question name in lowercase and its
+/// type, with fixed flags and EDNS. Nothing else of the client's message is
+/// passed on: EDNS options (client subnet, cookies, padding, unknown codes),
+/// flags, buffer size and letter case would all be ways to hand data to the
+/// resolver that the allow list does not see. The answer gets the client's
+/// question back ([`restore_client_question`]).
+fn upstream_query(question: &Query, id: u16) -> Result<Vec<u8>, hickory_proto::ProtoError> {
+    // Nothing of the client's choosing but the name and type goes upstream:
+    // the name in lowercase, fixed flags and a fixed EDNS buffer size, so the
+    // letter case, RD/CD/DO bits and buffer size of a query cannot carry bits
+    // to the resolver (or, on a cache miss, to the domain's name servers).
     let mut message = Message::new(id, MessageType::Query, OpCode::Query);
-    message.metadata.recursion_desired = query.recursion_desired;
-    message.metadata.checking_disabled = query.checking_disabled;
-    message.add_query(Query::query(question.name().clone(), question.query_type()));
-    if let Some(client) = &query.edns {
-        let mut edns = Edns::new();
-        edns.set_max_payload(client.max_payload().min(MAX_UDP_PAYLOAD));
-        edns.set_dnssec_ok(client.flags().dnssec_ok);
-        message.set_edns(edns);
-    }
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(
+        question.name().to_lowercase(),
+        question.query_type(),
+    ));
+    let mut edns = Edns::new();
+    edns.set_max_payload(MAX_UDP_PAYLOAD);
+    message.set_edns(edns);
     message.to_vec()
+}
+
+/// Puts the client's question, as the client wrote it, back into an answer to
+/// the lowercased one (clients may compare the letter case they sent). The
+/// question is the first name of both messages, never compressed, so the two
+/// take the same bytes; nothing is changed unless they match but for case.
+fn restore_client_question(answer: &mut [u8], packet: &[u8]) {
+    let Some(len) = question_len(packet) else {
+        return;
+    };
+    let (Some(theirs), Some(ours)) = (packet.get(12..12 + len), answer.get_mut(12..12 + len))
+    else {
+        return;
+    };
+    if theirs.eq_ignore_ascii_case(ours) {
+        ours.copy_from_slice(theirs);
+    }
+}
+
+/// The length of the first question (its uncompressed name, type and class)
+/// of a DNS message, if it is well formed.
+fn question_len(packet: &[u8]) -> Option<usize> {
+    let mut at = 12;
+    loop {
+        let label = usize::from(*packet.get(at)?);
+        if label == 0 {
+            break;
+        }
+        if label & 0xc0 != 0 {
+            return None;
+        }
+        at += 1 + label;
+    }
+    let end = at + 1 + 4;
+    (end <= packet.len()).then_some(end - 12)
 }
 
 /// The upstream's answer to our query, parsed; `None` if it is not one.
