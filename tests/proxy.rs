@@ -997,13 +997,16 @@ fn a_burst_of_queries_is_answered_in_full() {
     assert_eq!(proxy.stats().refused, burst as u64);
 }
 
+/// What the upstream saw of a query: name, RD, CD, EDNS (payload, DO).
+type Upstreamed = (String, bool, bool, Option<(u16, bool)>);
+
 /// Of a client's query only the name (in lowercase) and type go upstream:
 /// letter case, CD and DO bits and the EDNS buffer size could otherwise carry
 /// bits of the client's choosing to the resolver. The client still gets its
 /// own question back, letter case included.
 #[test]
 fn only_the_lowercased_name_and_type_go_upstream() {
-    let seen: Arc<Mutex<Vec<(String, bool, bool, Option<(u16, bool)>)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Upstreamed>>> = Arc::default();
     let log = seen.clone();
     let (upstream, _) = scripted_upstream(move |q| {
         let question = q.queries[0].name().to_ascii();
