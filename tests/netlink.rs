@@ -15,17 +15,7 @@ use std::time::Instant;
 use egressc::backend::netlink::{self, NetlinkError};
 use egressc::ir::{Element, Origin, Ruleset, SetKind};
 use egressc::policy::model::{DefaultAction, PortRange};
-use support::{Netns, write_file};
-
-/// The ruleset of a policy with its committed lock (what `render --locked` uses).
-fn ruleset(policy: &Path) -> Ruleset {
-    let loaded = egressc::policy::load(policy, Default::default()).expect("policy loads");
-    let mut lock = policy.as_os_str().to_owned();
-    lock.push(".lock");
-    let resolution =
-        egressc::resolve::lock::read(Path::new(&lock), policy, &loaded.policy).expect("lock reads");
-    egressc::ir::lower::lower(&loaded.policy, &resolution).expect("lowers")
-}
+use support::{Netns, locked_ruleset, write_file};
 
 fn nft_script(ruleset: &Ruleset, dir: &Path, name: &str) -> PathBuf {
     let text = egressc::backend::nft::render(ruleset).expect("renders");
@@ -115,7 +105,7 @@ fn every_example_applies_exactly_like_nft_f() {
     }
     let dir = tempfile::tempdir().unwrap();
     for policy in support::examples() {
-        let mut rs = ruleset(&policy);
+        let mut rs = locked_ruleset(&policy);
         let label = policy
             .parent()
             .unwrap()
@@ -137,7 +127,7 @@ fn hundred_thousand_addresses_apply_in_one_batch_like_nft_f() {
     }
     let dir = tempfile::tempdir().unwrap();
     let policy = support::address_fixture(dir.path(), 100_000, "");
-    let rs = ruleset(&policy);
+    let rs = locked_ruleset(&policy);
     let elements: usize = rs.sets.iter().map(|s| s.elements.len()).sum();
     assert!(elements >= 100_000, "{elements}");
     let took = assert_same_as_nft(&rs, dir.path(), "big-100k");
@@ -151,7 +141,7 @@ fn reapply_replaces_the_table() {
     }
     let dir = tempfile::tempdir().unwrap();
     let policies = support::examples();
-    let (a, b) = (ruleset(&policies[0]), ruleset(&policies[1]));
+    let (a, b) = (locked_ruleset(&policies[0]), locked_ruleset(&policies[1]));
     let ns = Netns::new("nlre");
     apply_in(&ns, &a).unwrap();
     apply_in(&ns, &b).unwrap();
@@ -178,7 +168,7 @@ fn foreign_tables_stay_byte_identical_across_apply_reapply_and_remove() {
     support::add_foreign_nft(&ns, dir.path());
     let before = support::foreign_nft_listing(&ns);
     let policies = support::examples();
-    let (a, b) = (ruleset(&policies[0]), ruleset(&policies[1]));
+    let (a, b) = (locked_ruleset(&policies[0]), locked_ruleset(&policies[1]));
 
     assert!(!ns.run(|| netlink::table_exists().unwrap()));
     apply_in(&ns, &a).unwrap();
@@ -242,11 +232,11 @@ fn rejected_batch_keeps_the_old_ruleset_and_names_the_culprit() {
         .iter()
         .find(|p| p.to_str().unwrap().contains("ci-runner"))
         .expect("examples/ci-runner");
-    let good = ruleset(&policies[0]);
+    let good = locked_ruleset(&policies[0]);
     apply_in(&ns, &good).unwrap();
     let before = ns.exec_ok("nft", &["list", "ruleset"]);
 
-    let bad = with_overlap(ruleset(ci));
+    let bad = with_overlap(locked_ruleset(ci));
     let set_name = bad
         .sets
         .iter()
@@ -286,7 +276,7 @@ fn an_update_past_the_declared_size_is_refused_as_a_full_set() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let old = ruleset(&support::address_fixture(dir.path(), 1_000, ""));
+    let old = locked_ruleset(&support::address_fixture(dir.path(), 1_000, ""));
     let index = old
         .sets
         .iter()
@@ -345,7 +335,7 @@ fn read_back_notices_a_table_that_differs_from_the_ruleset() {
         return;
     }
     let ns = Netns::new("nlreadback");
-    let rs = ruleset(&support::examples()[0]);
+    let rs = locked_ruleset(&support::examples()[0]);
     apply_in(&ns, &rs).unwrap();
     let again = rs.clone();
     ns.run(move || netlink::read_back(&again)).unwrap();
@@ -397,7 +387,7 @@ fn read_back_notices_a_missing_or_changed_element_in_a_large_set() {
     }
     let dir = tempfile::tempdir().unwrap();
     let policy = support::address_fixture(dir.path(), 20_000, "");
-    let rs = ruleset(&policy);
+    let rs = locked_ruleset(&policy);
     // Large enough that elements are looked up one by one, not dumped.
     let set = rs
         .sets
@@ -491,7 +481,7 @@ fn read_back_looks_up_every_element_of_a_large_interval_set() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let rs = ruleset(&networks_fixture(dir.path(), 6_000));
+    let rs = locked_ruleset(&networks_fixture(dir.path(), 6_000));
     let set = rs
         .sets
         .iter()
@@ -533,7 +523,7 @@ fn comments_outside_the_allowlist_are_refused_before_the_kernel_sees_them() {
         return;
     }
     let ns = Netns::new("nlcomment");
-    let good = ruleset(Path::new("examples/home-finance-agent/policy.yaml"));
+    let good = locked_ruleset(Path::new("examples/home-finance-agent/policy.yaml"));
     apply_in(&ns, &good).expect("the example applies");
     let before = ns.exec_ok("nft", &["list", "ruleset"]);
     for (what, tamper) in [
@@ -601,7 +591,7 @@ fn the_proxy_gate_adds_answers_with_ttl_plus_grace_and_never_shortens_them() {
     use std::time::Duration;
 
     let policy_path = Path::new("examples/proxy-agent/policy.yaml");
-    let rs = ruleset(policy_path);
+    let rs = locked_ruleset(policy_path);
     let policy = egressc::policy::load(policy_path, Default::default())
         .unwrap()
         .policy;
@@ -710,7 +700,6 @@ fn the_proxy_gate_adds_answers_with_ttl_plus_grace_and_never_shortens_them() {
 
     // Without the table, learning fails (the proxy then answers SERVFAIL).
     ns.exec_ok("nft", &["delete", "table", "inet", "egressc"]);
-    gate.forget();
     let g = gate.clone();
     let failed = ns.run(move || g.learn("raw.githubusercontent.com", &[addr("192.0.2.81", 60)]));
     assert!(failed.is_err(), "{failed:?}");

@@ -70,12 +70,6 @@ impl PolicyGate {
         })
     }
 
-    /// Forgets what was written: after the table was replaced (a re-apply
-    /// empties the learned sets), every element must be written again.
-    pub fn forget(&self) {
-        self.lock().expiries.clear();
-    }
-
     /// The table was loaded again. If the applied policy is still this one
     /// (watch reloaded it, or `apply` of the same file), start over with its
     /// empty learned sets; otherwise refuse: the proxy answers SERVFAIL until

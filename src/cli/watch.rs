@@ -17,8 +17,8 @@
 //! the watcher. The two never write the same sets: the watcher keeps the
 //! resolved addresses in the static sets, the proxy adds what it answered to
 //! the `proxy_*` sets. When the table is loaded again (by the watcher after it
-//! vanished, or by an `apply` of this policy) the learned sets start empty, so
-//! the gate forgets what it wrote and writes again on the next answer.
+//! vanished, or by an `apply` of this policy) the learned sets start empty;
+//! the gate sees the new table's handle at the next answer and writes again.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,7 +31,7 @@ use egressc::apply::learn::PolicyGate;
 use egressc::apply::{Backend, refresh};
 use egressc::policy::TargetFormat;
 use egressc::proxy::{Proxy, ProxyConfig};
-use egressc::watch::{self, Event, Watcher};
+use egressc::watch::{self, Watcher};
 
 use super::{Failure, SourceArgs, apply, compile, resolve_options};
 
@@ -86,8 +86,8 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             .map_err(Failure::operational)??;
         // The proxy binds only now that its sets exist; a bind failure (the
         // address is taken, or not local) stops watch with the rules applied.
-        let (proxy_task, gate) = match proxy {
-            None => (None, None),
+        let proxy_task = match proxy {
+            None => None,
             Some((config, gate)) => {
                 let listen = config.listen;
                 let proxy = Proxy::bind(config, gate.clone()).await.map_err(|e| {
@@ -98,17 +98,11 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
                 eprintln!("DNS proxy serving on {listen} (udp and tcp)");
                 let mut stop = shutdown.clone();
                 let task = tokio::spawn(proxy.run(async move { watch::stopping(&mut stop).await }));
-                (Some(task), Some(gate))
+                Some(task)
             }
         };
         let result = watcher
             .run(shutdown, move |event| {
-                // A table loaded again has empty learned sets.
-                if matches!(event, Event::Reloaded { .. } | Event::Adopted)
-                    && let Some(gate) = &gate
-                {
-                    gate.forget();
-                }
                 if verbose || !event.is_verbose() {
                     eprintln!("{event}");
                 }
