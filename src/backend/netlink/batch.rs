@@ -1413,14 +1413,21 @@ pub fn build_learned(
             };
             if m.full_for(&b.bytes, &elem) {
                 // Finish this message before the next one starts after it.
-                finish_learned(&mut b, set, m, &mut texts, &mut origins)?;
+                finish_update(
+                    &mut b,
+                    set,
+                    false,
+                    m,
+                    std::mem::take(&mut texts),
+                    std::mem::take(&mut origins),
+                )?;
                 m = begin(&mut b)?;
             }
             m.push(&mut b.bytes, &elem)?;
             texts.push(format!("{} . {} . {}", e.addr, e.protocol, e.port));
             origins.push(e.comment.clone());
         }
-        finish_learned(&mut b, set, m, &mut texts, &mut origins)?;
+        finish_update(&mut b, set, false, m, texts, origins)?;
     }
     b.batch_marker(libc::NFNL_MSG_BATCH_END as u16, Part::BatchEnd, 0);
     Ok(Some(Batch {
@@ -1428,25 +1435,6 @@ pub fn build_learned(
         messages: b.messages,
         elements: b.elements,
     }))
-}
-
-fn finish_learned(
-    b: &mut Builder,
-    set: &Set,
-    m: ElementsMessage,
-    texts: &mut Vec<String>,
-    origins: &mut Vec<String>,
-) -> Result<(), RawError> {
-    b.elements += b.finish_elements(
-        m,
-        Part::UpdateElements {
-            set: set.name.to_string(),
-            delete: false,
-            elements: std::mem::take(texts),
-            origins: std::mem::take(origins),
-        },
-    )?;
-    Ok(())
 }
 
 fn finish_update(
