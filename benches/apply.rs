@@ -25,8 +25,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{measure, median, ms};
-use support::Netns;
+use common::{Runs, measure, median, ms, print_ratio_row};
+use support::{Netns, locked_ruleset};
 
 const EGRESSC: &str = env!("CARGO_BIN_EXE_egressc");
 const RUNS: usize = 7;
@@ -53,15 +53,6 @@ fn run_nft(script: &Path) -> (Duration, u64) {
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     cmd.arg("-f").arg(script);
     measure(&mut cmd)
-}
-
-fn ruleset(policy: &Path) -> egressc::ir::Ruleset {
-    let loaded = egressc::policy::load(policy, Default::default()).expect("policy loads");
-    let mut lock = policy.as_os_str().to_owned();
-    lock.push(".lock");
-    let resolution =
-        egressc::resolve::lock::read(Path::new(&lock), policy, &loaded.policy).expect("lock reads");
-    egressc::ir::lower::lower(&loaded.policy, &resolution).expect("lowers")
 }
 
 fn main() {
@@ -104,18 +95,10 @@ fn main() {
         // Warm the page cache and the binaries once.
         run_egressc(&policy, &state);
         run_nft(&script);
-        let (mut e_times, mut n_times, mut e_rss, mut n_rss) = (vec![], vec![], 0, 0);
+        let (mut e_runs, mut n_runs) = (Runs::default(), Runs::default());
         for round in 0..RUNS {
-            let mut egressc = || {
-                let (t, rss) = run_egressc(&policy, &state);
-                e_times.push(t);
-                e_rss = e_rss.max(rss);
-            };
-            let mut nft = || {
-                let (t, rss) = run_nft(&script);
-                n_times.push(t);
-                n_rss = n_rss.max(rss);
-            };
+            let mut egressc = || e_runs.add(run_egressc(&policy, &state));
+            let mut nft = || n_runs.add(run_nft(&script));
             if round % 2 == 0 {
                 egressc();
                 nft();
@@ -124,13 +107,7 @@ fn main() {
                 egressc();
             }
         }
-        let (e, n) = (median(e_times), median(n_times));
-        println!(
-            "{addresses:>9}  {:>12.1}  {e_rss:>11}  {:>12.1}  {n_rss:>11}  {:>7.3}",
-            ms(e),
-            ms(n),
-            e.as_secs_f64() / n.as_secs_f64()
-        );
+        print_ratio_row(addresses, e_runs, n_runs);
     }
 
     println!("\nphases of netlink::apply in-process (median of {RUNS}, fresh namespace per run)");
@@ -139,7 +116,7 @@ fn main() {
         "addresses", "build ms", "commit ms", "read-back ms"
     );
     for (addresses, policy) in policies {
-        let rs = ruleset(&policy);
+        let rs = locked_ruleset(&policy);
         let (mut build, mut commit, mut read_back) = (vec![], vec![], vec![]);
         for _ in 0..RUNS {
             let ns = Netns::new("phases");

@@ -13,7 +13,7 @@ mod support;
 
 use std::process::{Command, Stdio};
 
-use common::{measure, median, ms};
+use common::{Runs, measure, print_ratio_row};
 
 const EGRESSC: &str = env!("CARGO_BIN_EXE_egressc");
 const RUNS: usize = 7;
@@ -44,21 +44,11 @@ fn main() {
         // Warm the page cache and the binaries once.
         measure(&mut render);
         measure(&mut check);
-        let (mut e_times, mut n_times, mut e_rss, mut n_rss) = (vec![], vec![], 0, 0);
+        let (mut egressc, mut nft) = (Runs::default(), Runs::default());
         for _ in 0..RUNS {
-            let (t, rss) = measure(&mut render);
-            e_times.push(t);
-            e_rss = e_rss.max(rss);
-            let (t, rss) = measure(&mut check);
-            n_times.push(t);
-            n_rss = n_rss.max(rss);
+            egressc.add(measure(&mut render));
+            nft.add(measure(&mut check));
         }
-        let (e, n) = (median(e_times), median(n_times));
-        println!(
-            "{addresses:>9}  {:>12.1}  {e_rss:>11}  {:>12.1}  {n_rss:>11}  {:>7.3}",
-            ms(e),
-            ms(n),
-            e.as_secs_f64() / n.as_secs_f64()
-        );
+        print_ratio_row(addresses, egressc, nft);
     }
 }

@@ -32,3 +32,31 @@ pub fn median(mut xs: Vec<Duration>) -> Duration {
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
+
+/// Repeated runs of one command: wall times and the largest peak RSS.
+#[derive(Default)]
+pub struct Runs {
+    times: Vec<Duration>,
+    peak_rss: u64,
+}
+
+impl Runs {
+    /// Adds one `(time, peak RSS)` as [`measure`] returns it.
+    pub fn add(&mut self, (time, rss): (Duration, u64)) {
+        self.times.push(time);
+        self.peak_rss = self.peak_rss.max(rss);
+    }
+}
+
+/// One table row: egressc's median and peak RSS, the peer's, and their ratio.
+pub fn print_ratio_row(addresses: usize, egressc: Runs, peer: Runs) {
+    let (e, n) = (median(egressc.times), median(peer.times));
+    println!(
+        "{addresses:>9}  {:>12.1}  {:>11}  {:>12.1}  {:>11}  {:>7.3}",
+        ms(e),
+        egressc.peak_rss,
+        ms(n),
+        peer.peak_rss,
+        e.as_secs_f64() / n.as_secs_f64()
+    );
+}

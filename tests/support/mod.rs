@@ -197,6 +197,16 @@ pub fn examples() -> Vec<PathBuf> {
     found
 }
 
+/// The ruleset of a policy with the lock file beside it (what
+/// `render --locked` compiles).
+pub fn locked_ruleset(policy: &Path) -> egressc::ir::Ruleset {
+    let loaded = egressc::policy::load(policy, Default::default()).expect("policy loads");
+    let lock = egressc::resolve::lock::lock_path(policy);
+    let resolution =
+        egressc::resolve::lock::read(&lock, policy, &loaded.policy).expect("lock reads");
+    egressc::ir::lower::lower(&loaded.policy, &resolution).expect("lowers")
+}
+
 /// Whether an example runs in DNS proxy mode (which iptables cannot express).
 pub fn uses_proxy(policy: &Path) -> bool {
     egressc::policy::load(policy, egressc::policy::TargetFormat::Nft)
