@@ -798,20 +798,54 @@ fn table_exists_on(sock: &NlSocket) -> Result<bool, NetlinkError> {
 
 /// The handle of table inet egressc, if it exists (a table of another
 /// version of nf_tables that reports no handle counts as handle 0).
+///
+/// One GETTABLE request for egressc's table by name, not a dump of every
+/// table: the DNS proxy's gate asks this before every answer.
 fn table_handle_on(sock: &NlSocket) -> Result<Option<u64>, NetlinkError> {
-    let answers = dump(
-        sock,
-        "the tables",
-        libc::NFT_MSG_GETTABLE as u32,
-        &Object::Table(&[]),
+    let err = |source| NetlinkError::Dump {
+        what: "the table",
+        source,
+    };
+    let seq = first_seq();
+    let mut req = Vec::new();
+    raw::put_message(
+        &mut req,
+        libc::NFT_MSG_GETTABLE as u16,
+        FAMILY,
+        (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
+        seq,
+        &Object::Table(&[(sys::NFTNL_TABLE_NAME, strv(TABLE)?)]),
     )?;
-    for msg in answers {
-        let table = raw::parse_table(&msg)?;
-        if table.name == TABLE {
-            return Ok(Some(table.handle.unwrap_or(0)));
+    sock.set_recv_timeout(Duration::from_secs(10))
+        .map_err(err)?;
+    sock.send(&req).map_err(err)?;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut handle = None;
+    loop {
+        let n = sock
+            .recv(&mut buf, true)
+            .map_err(err)?
+            .ok_or_else(|| err(io::Error::other("no answer")))?;
+        for h in messages(&buf[..n]) {
+            if h.seq != seq {
+                continue;
+            }
+            if h.ty != NLMSG_ERROR {
+                let table = raw::parse_table(h.msg)?;
+                if table.name == TABLE {
+                    handle = Some(table.handle.unwrap_or(0));
+                }
+                continue;
+            }
+            // The acknowledgement ends the answer: after the table, or ENOENT.
+            let ack = parse_ack(&h).ok_or_else(|| err(io::Error::other("bad ack")))?;
+            return match ack.errno {
+                0 => Ok(handle),
+                libc::ENOENT => Ok(None),
+                errno => Err(err(io::Error::from_raw_os_error(errno))),
+            };
         }
     }
-    Ok(None)
 }
 
 const NFT_SET_ANONYMOUS: u32 = 0x1;
